@@ -1,0 +1,119 @@
+"""`python -m wan_core i2v|v2v` end to end with the tiny model, and bad input refused before any model is built."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wan_core.cli import main
+from wan_core.video_io import read_video, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = ROOT / "examples" / "first_frame.png"
+SMALL = ["--size", "80*64", "--frames", "9", "--steps", "3"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "wan_core", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=600)
+
+
+def test_i2v_writes_a_playable_81_frame_16_fps_mp4(tiny_cache, tmp_path):
+    out = tmp_path / "out.mp4"
+    result = run_cli("i2v", "--model", "tiny", "--image", IMAGE, "--prompt", "a sunny valley", "--size", "160*96",
+                     "--duration", "5", "--steps", "4", "--seed", "11", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "seed: 11" in result.stdout and "wall time" in result.stdout
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height, stream.average_rate) == (160, 96, 16)
+        assert sum(1 for _ in container.decode(stream)) == 81
+
+
+def test_seed_reproduces_and_a_new_seed_changes_the_video(tiny_cache, tmp_path):
+    outputs = {}
+    for name, seed in [("first", 5), ("again", 5), ("other", 6)]:
+        outputs[name] = tmp_path / f"{name}.mp4"
+        assert main(["i2v", "--model", "tiny", "--image", str(IMAGE), "--prompt", "a valley", *SMALL,
+                     "--seed", str(seed), "--out", str(outputs[name])]) == 0
+    frames = {name: read_video(path)[0] for name, path in outputs.items()}
+    assert torch.equal(frames["first"], frames["again"])
+    assert (frames["first"] - frames["other"]).abs().mean() > 1e-3
+
+
+def test_random_seed_is_reported_and_reproduces(tiny_cache, tmp_path, capsys):
+    assert main(["i2v", "--model", "tiny", "--image", str(IMAGE), "--prompt", "a valley", *SMALL,
+                 "--out", str(tmp_path / "a.mp4")]) == 0
+    seed = capsys.readouterr().out.split("seed: ")[1].split()[0]
+    assert main(["i2v", "--model", "tiny", "--image", str(IMAGE), "--prompt", "a valley", *SMALL,
+                 "--seed", seed, "--out", str(tmp_path / "b.mp4")]) == 0
+    assert torch.equal(read_video(tmp_path / "a.mp4")[0], read_video(tmp_path / "b.mp4")[0])
+
+
+def test_v2v_on_the_tiny_t2v_and_i2v_models(tiny_cache, tmp_path):
+    source = tmp_path / "source.mp4"
+    write_video(source, torch.rand(13, 64, 80, 3, generator=torch.Generator().manual_seed(0)))
+    out = tmp_path / "v2v.mp4"
+    assert main(["v2v", "--model", "tiny", "--video", str(source), "--prompt", "rain", "--size", "80*64",
+                 "--steps", "4", "--strength", "0.6", "--out", str(out)]) == 0
+    assert read_video(out)[0].shape == (13, 64, 80, 3)
+    i2v_model = tiny_cache / "tiny" / "diffusion_models" / "wan2.1_tiny_i2v.safetensors"
+    assert main(["v2v", "--model", "tiny", "--diffusion-model", str(i2v_model), "--video", str(source),
+                 "--prompt", "rain", "--size", "80*64", "--frames", "9", "--steps", "2", "--out", str(out)]) == 0
+    assert read_video(out)[0].shape == (9, 64, 80, 3)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "LA", "P", "I;16"])
+def test_alpha_grayscale_and_palette_images_are_converted(tiny_cache, tmp_path, mode):
+    picture = tmp_path / f"picture_{mode.replace(';', '')}.png"
+    Image.open(IMAGE).convert("RGBA" if mode == "I;16" else mode).save(picture) if mode != "I;16" else \
+        Image.fromarray((np.arange(64 * 80).reshape(64, 80) * 12).astype(np.uint16)).save(picture)
+    out = tmp_path / "out.mp4"
+    assert main(["i2v", "--model", "tiny", "--image", str(picture), "--prompt", "x", *SMALL, "--out", str(out)]) == 0
+    assert read_video(out)[0].shape == (9, 64, 80, 3)
+
+
+def bad_inputs(tmp_path):
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("hello")
+    empty_video = tmp_path / "empty.mp4"
+    with av.open(str(empty_video), "w") as container:
+        stream = container.add_stream("libx264", rate=16)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        container.start_encoding()  # a valid header, then no frames at all
+    common = ["--model", "tiny", "--prompt", "x", "--out", str(tmp_path / "o.mp4")]
+    image = ["i2v", "--image", str(IMAGE), *common]
+    return [
+        (image + ["--size", "100*64"], "width=100 is not a multiple of 16"),
+        (image + ["--size", "2000*64"], "width=2000 is out of range"),
+        (image + ["--steps", "0"], "steps=0 is out of range: allowed 1 to 100"),
+        (image + ["--guidance-scale", "-1"], "guidance_scale=-1.0 is out of range: allowed 0.0 to 20.0"),
+        (image + ["--frames", "10"], "frames=10 is not of the form 4n+1"),
+        (image + ["--seed", "-2"], "seed=-2 is out of range"),
+        (image + ["--flow-shift", "0.5"], "flow_shift=0.5 is out of range"),
+        (["i2v", "--image", str(tmp_path / "missing.png"), *common], "missing.png': no such file"),
+        (["i2v", "--image", str(not_an_image), *common], "is not a readable image"),
+        (["v2v", "--video", str(IMAGE), "--strength", "0", *common], "strength=0.0 is out of range: allowed 0.1 to 1.0"),
+        (["v2v", "--video", str(empty_video), *common], "has no frames"),
+        (["v2v", "--video", str(IMAGE), "--frames", "81", *common], "fewer than the 81 asked for"),
+        (["i2v", "--image", str(IMAGE), "--model", str(tmp_path / "nowhere"), "--prompt", "x", "--out",
+          str(tmp_path / "o.mp4")], "is neither 'tiny' nor a folder"),
+        (image + ["--out", str(tmp_path / "o.gif")], "must end in .mp4"),
+    ]
+
+
+def test_bad_input_is_refused_before_any_model_is_built(tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "untouched-cache"
+    monkeypatch.setenv("WANFLOW_CACHE", str(cache))  # building the tiny model would create it
+    for argv, message in bad_inputs(tmp_path):
+        assert main(argv) == 2, argv
+        error = capsys.readouterr().err
+        assert error.startswith("error: "), error
+        assert message in error, (message, error)
+    assert not cache.exists()

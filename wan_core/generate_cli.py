@@ -1,0 +1,105 @@
+"""`python -m wan_core i2v|v2v`: validate everything, load the models, sample, write the mp4."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import conditioning, pipeline
+from .errors import WanInputError
+from .loading import load_models
+from .model_files import resolve_model_files
+from .params import SAMPLER_NAMES, SamplingParams, frame_count, parse_size
+from .video_io import DEFAULT_FPS, read_image, read_video, write_video
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def _add_common(parser: argparse.ArgumentParser):
+    parser.add_argument("--model", help="'tiny' (no weights needed) or a ComfyUI models folder")
+    for name in ("diffusion-model", "vae", "text-encoder", "clip-vision"):
+        parser.add_argument(f"--{name}", help=f"{name.replace('-', ' ')} file (overrides --model's)")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--negative-prompt", help="default: Wan 2.1's official negative prompt")
+    parser.add_argument("--size", default="832*480", help="W*H, multiples of 16 from 64 to 1920 (default 832*480)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--duration", type=float, help="seconds at 16 fps (default 5: 81 frames)")
+    length.add_argument("--frames", type=int, help="frame count of the form 4n+1")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--guidance-scale", type=float, default=5.0)
+    parser.add_argument("--flow-shift", type=float, help="default 3.0 at 480p and below, 5.0 above")
+    parser.add_argument("--seed", type=int, default=-1, help="-1 draws one; the seed used is printed")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="unipc")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=DTYPES, help="default bf16 on a GPU, fp32 on the CPU")
+    parser.add_argument("--out", required=True, help="output .mp4")
+
+
+def add_parsers(subparsers):
+    i2v = subparsers.add_parser("i2v", help="image to video")
+    i2v.add_argument("--image", required=True)
+    _add_common(i2v)
+    i2v.set_defaults(run=run_i2v)
+    v2v = subparsers.add_parser("v2v", help="video to video")
+    v2v.add_argument("--video", required=True)
+    v2v.add_argument("--strength", type=float, default=0.9, help="0.1-1.0: how much of the source is re-imagined")
+    _add_common(v2v)
+    v2v.set_defaults(run=run_v2v)
+
+
+def _params(args, num_frames: int, **extra) -> SamplingParams:
+    width, height = parse_size(args.size)
+    return SamplingParams(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height, num_frames=num_frames,
+        steps=args.steps, guidance_scale=args.guidance_scale, flow_shift=args.flow_shift, seed=args.seed,
+        sampler=args.sampler, **extra,
+    )
+
+
+def _output_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix.lower() != ".mp4":
+        raise WanInputError(f"out={text!r} must end in .mp4")
+    return path
+
+
+def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
+    out = _output_path(args.out)
+    files = resolve_model_files(args.model, task, args.diffusion_model, args.vae, args.text_encoder, args.clip_vision)
+    started = time.perf_counter()
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, args.device)
+    print(f"seed: {params.seed}", file=sys.stderr)
+    with tqdm(total=params.steps, desc="sampling", unit="step", file=sys.stderr) as bar:
+        def progress(step, total, _preview):
+            bar.total = total
+            bar.update(step - bar.n)
+
+        generate = pipeline.generate_i2v if task == "i2v" else pipeline.generate_v2v
+        generation = generate(models, media, params, progress)
+    frames = conditioning.decode_latents(models, generation.latents)
+    write_video(out, frames, DEFAULT_FPS)
+    elapsed = time.perf_counter() - started
+    print(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {DEFAULT_FPS} fps)")
+    print(f"seed: {generation.seed}  wall time: {elapsed:.1f} s")
+    return 0
+
+
+def run_i2v(args) -> int:
+    params = _params(args, frame_count(args.duration, args.frames))
+    return _run(args, "i2v", read_image(args.image), params)
+
+
+def run_v2v(args) -> int:
+    video, _fps = read_video(args.video)
+    wanted = frame_count(args.duration, args.frames) if args.duration or args.frames else None
+    num_frames = wanted or pipeline.source_frame_count(video.shape[0])
+    if num_frames > video.shape[0]:
+        raise WanInputError(f"the source video {args.video!r} has {video.shape[0]} frames: fewer than the "
+                            f"{num_frames} asked for; ask for at most {pipeline.source_frame_count(video.shape[0])}")
+    return _run(args, "v2v", video, _params(args, num_frames, strength=args.strength))

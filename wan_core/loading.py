@@ -1,0 +1,286 @@
+"""Model files -> ready Wan 2.1 modules, with the architecture read from tensor shapes (never from a hub config).
+
+Every component goes through one path: open the safetensors file memory-mapped, map its key layout onto the
+diffusers / transformers module names, infer the configuration from shapes, build the module with empty
+weights, and materialise each tensor once in its final dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
+from safetensors import SafetensorError, safe_open
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
+
+from .errors import WanInputError
+
+COMFY_PREFIX = "model.diffusion_model."
+WAN_HEAD_DIM = 128  # every Wan 2.1 transformer uses 128-wide attention heads; heads = width / 128
+CLIP_HEADS_BY_WIDTH = {1280: 16, 1024: 16, 768: 12}  # ViT-H/14, ViT-L/14, ViT-B; else 64-wide heads
+TOKENIZER_TENSOR = "spiece_model"  # ComfyUI's text encoder files embed the sentencepiece model under this key
+
+
+class CheckpointFile:
+    """A memory-mapped safetensors file: its keys and shapes without reading data, then tensors one at a time."""
+
+    def __init__(self, path, role: str):
+        self.path, self.role = Path(path), role
+        if not self.path.is_file():
+            raise WanInputError(f"{role} file {str(self.path)!r}: no such file")
+        try:
+            self._file = safe_open(str(self.path), framework="pt")
+            self.shapes = {key: tuple(self._file.get_slice(key).get_shape()) for key in self._file.keys()}
+        except (SafetensorError, OSError, ValueError) as error:
+            raise WanInputError(
+                f"{role} file {str(self.path)!r} is not a readable safetensors file ({error}); "
+                "give a .safetensors file such as ComfyUI's repackaged Wan 2.1 files"
+            ) from None
+
+    def tensor(self, key: str) -> torch.Tensor:
+        try:
+            return self._file.get_tensor(key)
+        except (SafetensorError, OSError) as error:
+            raise WanInputError(f"{self.role} file {str(self.path)!r} is truncated or corrupt at {key!r}: {error}") from None
+
+    def fail(self, message: str):
+        raise WanInputError(f"{self.role} file {str(self.path)!r} {message}")
+
+
+def _key_map(converter, keys) -> dict[str, str]:
+    """{module name: file key}, using a diffusers converter on the key names alone (values are passed through)."""
+    return converter({key: key for key in keys})
+
+
+def _materialise(module_class, config, checkpoint: CheckpointFile, names: dict[str, str], dtype, keep_fp32=()):
+    """Build the module with empty weights, then load each tensor once, cast to its final dtype."""
+    with init_empty_weights(include_buffers=False):
+        module = module_class(config) if not isinstance(config, dict) else module_class(**config)
+    expected = {name for name, _ in module.named_parameters()}
+    missing = sorted(expected - names.keys())
+    if missing:
+        checkpoint.fail(f"lacks {len(missing)} weights this {checkpoint.role} needs, e.g. {missing[:3]}")
+    state = {}
+    for name in expected:
+        tensor = checkpoint.tensor(names[name])
+        wanted = torch.float32 if any(part in name.split(".") for part in keep_fp32) else dtype
+        state[name] = tensor.to(wanted)
+    try:
+        module.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as error:
+        checkpoint.fail(f"does not match the architecture read from its shapes: {error}")
+    return module.eval().requires_grad_(False)
+
+
+def _describe_component(shapes: dict) -> str:
+    keys = "\n".join(shapes)
+    if "decoder.middle.0.residual.0.gamma" in keys or "decoder.mid_block" in keys:
+        return "a Wan VAE"
+    if "encoder.block.0.layer.0.SelfAttention" in keys:
+        return "a UMT5 text encoder"
+    if "vision_model.embeddings" in keys:
+        return "a CLIP vision encoder"
+    if "head.modulation" in keys or "scale_shift_table" in keys:
+        return "a Wan diffusion model"
+    return "not a Wan 2.1 component"
+
+
+def _require_component(checkpoint: CheckpointFile, expected: str):
+    found = _describe_component(checkpoint.shapes)
+    if found != expected:
+        checkpoint.fail(f"is {found}, not {expected}: put it in the matching slot")
+
+
+# ---- diffusion model -------------------------------------------------------------------------------------------
+
+
+def transformer_config(shapes: dict[str, tuple]) -> dict:
+    """WanTransformer3DModel arguments from diffusers-named shapes: I2V vs T2V, 14B vs 1.3B, tiny."""
+    inner_dim, in_channels, *patch = shapes["patch_embedding.weight"]
+    config = dict(
+        patch_size=tuple(patch),
+        num_attention_heads=inner_dim // WAN_HEAD_DIM,
+        attention_head_dim=WAN_HEAD_DIM,
+        in_channels=in_channels,
+        out_channels=shapes["proj_out.weight"][0] // math.prod(patch),
+        text_dim=shapes["condition_embedder.text_embedder.linear_1.weight"][1],
+        freq_dim=shapes["condition_embedder.time_embedder.linear_1.weight"][1],
+        ffn_dim=shapes["blocks.0.ffn.net.0.proj.weight"][0],
+        num_layers=len({key.split(".")[1] for key in shapes if key.startswith("blocks.")}),
+        cross_attn_norm="blocks.0.norm2.weight" in shapes,
+        qk_norm="rms_norm_across_heads" if "blocks.0.attn1.norm_q.weight" in shapes else None,
+    )
+    if "condition_embedder.image_embedder.norm1.weight" in shapes:
+        config["image_dim"] = shapes["condition_embedder.image_embedder.norm1.weight"][0]
+        config["added_kv_proj_dim"] = shapes["blocks.0.attn2.add_k_proj.weight"][1]
+    if "condition_embedder.image_embedder.pos_embed" in shapes:
+        config["pos_embed_seq_len"] = shapes["condition_embedder.image_embedder.pos_embed"][1]
+    return config
+
+
+def load_transformer(path, dtype=torch.float32) -> WanTransformer3DModel:
+    checkpoint = CheckpointFile(path, "diffusion model")
+    _require_component(checkpoint, "a Wan diffusion model")
+    keys = [key.removeprefix(COMFY_PREFIX) for key in checkpoint.shapes]
+    if "head.modulation" in keys:  # original Wan names (ComfyUI repackaged, Wan-AI release)
+        names = {new: COMFY_PREFIX + old if COMFY_PREFIX + old in checkpoint.shapes else old
+                 for new, old in _key_map(convert_wan_transformer_to_diffusers, keys).items()}
+    else:
+        names = {key: key for key in checkpoint.shapes}
+    config = transformer_config({new: checkpoint.shapes[old] for new, old in names.items()})
+    keep_fp32 = WanTransformer3DModel._keep_in_fp32_modules or ()
+    return _materialise(WanTransformer3DModel, config, checkpoint, names, dtype, keep_fp32)
+
+
+# ---- VAE -------------------------------------------------------------------------------------------------------
+
+
+def vae_config(shapes: dict[str, tuple]) -> dict:
+    return dict(base_dim=shapes["encoder.conv_in.weight"][0], z_dim=shapes["post_quant_conv.weight"][0])
+
+
+def load_vae(path, dtype=torch.float32) -> AutoencoderKLWan:
+    checkpoint = CheckpointFile(path, "VAE")
+    _require_component(checkpoint, "a Wan VAE")
+    if "decoder.middle.0.residual.0.gamma" in checkpoint.shapes:
+        names = _key_map(convert_wan_vae_to_diffusers, checkpoint.shapes)
+    else:
+        names = {key: key for key in checkpoint.shapes}
+    config = vae_config({new: checkpoint.shapes[old] for new, old in names.items()})
+    return _materialise(AutoencoderKLWan, config, checkpoint, names, dtype)
+
+
+# ---- text encoder ----------------------------------------------------------------------------------------------
+
+
+def umt5_config(shapes: dict[str, tuple]) -> UMT5Config:
+    vocab_size, d_model = shapes.get("shared.weight") or shapes["encoder.embed_tokens.weight"]
+    buckets, num_heads = shapes["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+    return UMT5Config(
+        vocab_size=vocab_size, d_model=d_model, num_heads=num_heads,
+        d_kv=shapes["encoder.block.0.layer.0.SelfAttention.q.weight"][0] // num_heads,
+        d_ff=shapes["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"][0],
+        num_layers=len({key.split(".")[2] for key in shapes if key.startswith("encoder.block.")}),
+        relative_attention_num_buckets=buckets, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+        is_encoder_decoder=False, use_cache=False, tie_word_embeddings=False,
+    )
+
+
+def load_tokenizer(checkpoint: CheckpointFile) -> T5Tokenizer:
+    """The sentencepiece tokenizer embedded in the text encoder file, else a tokenizer folder beside it."""
+    beside = checkpoint.path.parent / "tokenizer"
+    if TOKENIZER_TENSOR in checkpoint.shapes:
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint.tensor(TOKENIZER_TENSOR).numpy().tofile(Path(folder) / "spiece.model")
+            return T5Tokenizer.from_pretrained(folder, extra_ids=0)
+    if (beside / "spiece.model").is_file() or (beside / "tokenizer.json").is_file():
+        return T5Tokenizer.from_pretrained(str(beside))
+    checkpoint.fail(
+        f"carries no tokenizer ({TOKENIZER_TENSOR!r} tensor) and there is no tokenizer folder at {str(beside)!r}: "
+        "use ComfyUI's umt5_xxl text encoder file, or put google/umt5-xxl's tokenizer files there"
+    )
+
+
+def load_text_encoder(path, dtype=torch.float32) -> tuple[UMT5EncoderModel, T5Tokenizer]:
+    checkpoint = CheckpointFile(path, "text encoder")
+    _require_component(checkpoint, "a UMT5 text encoder")
+    names = {key: key for key in checkpoint.shapes if key != TOKENIZER_TENSOR}
+    embedding = "shared.weight" if "shared.weight" in names else "encoder.embed_tokens.weight"
+    names["shared.weight"] = names["encoder.embed_tokens.weight"] = embedding
+    model = _materialise(UMT5EncoderModel, umt5_config(checkpoint.shapes), checkpoint, names, dtype)
+    model.set_input_embeddings(model.shared)
+    return model, load_tokenizer(checkpoint)
+
+
+# ---- CLIP vision -----------------------------------------------------------------------------------------------
+
+
+def clip_vision_config(shapes: dict[str, tuple]) -> CLIPVisionConfig:
+    hidden, _, patch, _ = shapes["vision_model.embeddings.patch_embedding.weight"]
+    positions = shapes["vision_model.embeddings.position_embedding.weight"][0]
+    return CLIPVisionConfig(
+        hidden_size=hidden, patch_size=patch, image_size=patch * math.isqrt(positions - 1),
+        intermediate_size=shapes["vision_model.encoder.layers.0.mlp.fc1.weight"][0],
+        num_hidden_layers=len({k.split(".")[3] for k in shapes if k.startswith("vision_model.encoder.layers.")}),
+        num_attention_heads=CLIP_HEADS_BY_WIDTH.get(hidden, max(1, hidden // 64)),
+        hidden_act="gelu", layer_norm_eps=1e-5,
+    )
+
+
+def load_clip_vision(path, dtype=torch.float32) -> tuple[CLIPVisionModel, CLIPImageProcessorPil]:
+    checkpoint = CheckpointFile(path, "CLIP vision")
+    _require_component(checkpoint, "a CLIP vision encoder")
+    config = clip_vision_config(checkpoint.shapes)
+    # transformers 5 names the vision tower's weights without the "vision_model." prefix that the files carry
+    names = {name: key for key in checkpoint.shapes if key.startswith("vision_model.")
+             for name in (key, key.removeprefix("vision_model."))}
+    model = _materialise(CLIPVisionModel, config, checkpoint, names, dtype)
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": config.image_size}, crop_size={"height": config.image_size, "width": config.image_size},
+        resample=3, do_center_crop=True, do_normalize=True, do_resize=True, do_rescale=True,
+    )
+    return model, processor
+
+
+# ---- the bundle ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WanModels:
+    """Everything one generation needs. image_encoder is None for text-to-video models."""
+
+    transformer: WanTransformer3DModel
+    vae: AutoencoderKLWan
+    text_encoder: UMT5EncoderModel
+    tokenizer: T5Tokenizer
+    image_encoder: CLIPVisionModel | None = None
+    image_processor: CLIPImageProcessorPil | None = None
+
+    @property
+    def is_i2v(self) -> bool:
+        return self.transformer.config.image_dim is not None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.patch_embedding.weight.dtype
+
+    def check_compatible(self):
+        """Catch mixed-up files before any sampling: text width, VAE channels, a missing CLIP for I2V."""
+        config = self.transformer.config
+        if self.text_encoder.config.d_model != config.text_dim:
+            raise WanInputError(
+                f"text encoder width {self.text_encoder.config.d_model} does not match the diffusion model's "
+                f"text width {config.text_dim}: use the UMT5 file made for this model"
+            )
+        if self.vae.config.z_dim != config.out_channels:
+            raise WanInputError(f"VAE latent channels {self.vae.config.z_dim} != diffusion model's {config.out_channels}")
+        if self.is_i2v:
+            if self.image_encoder is None:
+                raise WanInputError("this is an image-to-video diffusion model: it needs a CLIP vision file")
+            if self.image_encoder.config.hidden_size != config.image_dim:
+                raise WanInputError(
+                    f"CLIP vision width {self.image_encoder.config.hidden_size} does not match the diffusion "
+                    f"model's image width {config.image_dim}: use clip_vision_h"
+                )
+
+
+def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torch.float32, device="cpu") -> WanModels:
+    """Load the four files (clip_vision only matters for image-to-video models) and check they fit together."""
+    transformer = load_transformer(diffusion_model, dtype).to(device)
+    encoder, tokenizer = load_text_encoder(text_encoder, dtype)
+    models = WanModels(transformer, load_vae(vae, dtype).to(device), encoder.to(device), tokenizer)
+    if clip_vision is not None and transformer.config.image_dim is not None:
+        models.image_encoder, models.image_processor = load_clip_vision(clip_vision, dtype)
+        models.image_encoder.to(device)
+    models.check_compatible()
+    return models

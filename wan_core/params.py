@@ -1,0 +1,92 @@
+"""Generation parameters: defaults and ranges shared by the command line, the nodes and Python callers.
+
+They follow the hosted Wan 2.1 APIs where those make sense locally, and are all checked before any model is built.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from .errors import WanInputError, check_choice, check_range
+from .schedule import default_flow_shift
+
+FPS = 16
+SIZE_RANGE, SIZE_MULTIPLE = (64, 1920), 16
+STEPS_RANGE = (1, 100)
+GUIDANCE_RANGE = (0.0, 20.0)
+FLOW_SHIFT_RANGE = (1.0, 20.0)
+SEED_RANGE = (-1, 2**31 - 1)
+STRENGTH_RANGE = (0.1, 1.0)
+DURATION_RANGE = (1, 10)
+FRAMES_RANGE = (1, 16 * DURATION_RANGE[1] + 1)
+SAMPLER_NAMES = ("unipc", "euler")
+# Wan 2.1's official default negative prompt (shared_config.sample_neg_prompt in the reference release).
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'832*480' (or 832x480) -> (width, height)."""
+    parts = text.lower().replace("x", "*").split("*")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        raise WanInputError(f"size={text!r} is not W*H: write it like 832*480")
+    return int(parts[0]), int(parts[1])
+
+
+def frame_count(duration: float | None = None, frames: int | None = None) -> int:
+    """Frames from a duration in seconds at 16 fps (5 s -> 81) or an explicit count of the form 4n+1."""
+    if frames is not None:
+        check_range("frames", frames, *FRAMES_RANGE)
+        if frames % 4 != 1:
+            raise WanInputError(f"frames={frames} is not of the form 4n+1 (e.g. 33, 49, 81): the VAE packs 4 frames per latent")
+        return frames
+    duration = 5 if duration is None else duration
+    check_range("duration", duration, *DURATION_RANGE)
+    return round(FPS * duration) // 4 * 4 + 1
+
+
+def resolve_seed(seed: int) -> int:
+    """-1 draws a seed; any other value in range is used as given."""
+    check_range("seed", seed, *SEED_RANGE)
+    return secrets.randbelow(SEED_RANGE[1] + 1) if seed == -1 else seed
+
+
+@dataclass
+class SamplingParams:
+    """Everything that decides a video besides the models and the input media."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    width: int = 832
+    height: int = 480
+    num_frames: int = 81
+    steps: int = 30
+    guidance_scale: float = 5.0
+    flow_shift: float | None = None
+    seed: int = -1
+    sampler: str = "unipc"
+    strength: float = 0.9
+
+    def __post_init__(self):
+        if not isinstance(self.prompt, str):
+            raise WanInputError(f"prompt={self.prompt!r} must be text")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            check_range(name, value, *SIZE_RANGE)
+            if value % SIZE_MULTIPLE:
+                raise WanInputError(f"{name}={value} is not a multiple of {SIZE_MULTIPLE}: allowed 64, 80, ..., 1920")
+        frame_count(frames=self.num_frames)
+        check_range("steps", self.steps, *STEPS_RANGE)
+        check_range("guidance_scale", self.guidance_scale, *GUIDANCE_RANGE)
+        if self.flow_shift is None:
+            self.flow_shift = default_flow_shift(self.width, self.height)
+        check_range("flow_shift", self.flow_shift, *FLOW_SHIFT_RANGE)
+        check_range("strength", self.strength, *STRENGTH_RANGE)
+        check_choice("sampler", self.sampler, SAMPLER_NAMES)
+        if self.negative_prompt is None:
+            self.negative_prompt = WAN_NEGATIVE_PROMPT
+        self.seed = resolve_seed(self.seed)

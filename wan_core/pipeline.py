@@ -1,0 +1,112 @@
+"""Image-to-video and video-to-video generation: the whole job in one readable place.
+
+    frames in -> conditioning -> noise at sigma_0 -> sampler over the sigma list -> raw latents -> frames out
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import conditioning
+from .errors import WanInputError
+from .loading import WanModels
+from .params import SamplingParams
+from .samplers import SAMPLERS
+from .schedule import flow_sigmas, model_timestep, strength_start
+
+# progress(step, total, x0_preview [1, 16, T_lat, h, w] normalised) after every step; may raise to stop the run
+Progress = Callable[[int, int, torch.Tensor], None] | None
+
+
+@dataclass
+class Generation:
+    latents: torch.Tensor  # raw VAE latents [1, 16, T_lat, H/8, W/8]: ComfyUI's Wan 2.1 LATENT
+    seed: int  # the seed actually used; the same seed and inputs give the same video
+
+
+def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Gaussian noise drawn on the CPU, so a seed means the same noise on every device."""
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+
+
+def latent_shape(params: SamplingParams, channels: int = 16) -> tuple[int, ...]:
+    return (1, channels, (params.num_frames - 1) // 4 + 1, params.height // 8, params.width // 8)
+
+
+def guided_velocity(models: WanModels, params: SamplingParams, image_tokens=None, condition=None):
+    """model(x, sigma) -> velocity with classifier-free guidance; guidance 1 skips the negative pass."""
+    transformer, dtype = models.transformer, models.dtype
+    positive = conditioning.encode_prompt(models, params.prompt)
+    negative = None if params.guidance_scale == 1.0 else conditioning.encode_prompt(models, params.negative_prompt)
+    condition = None if condition is None else condition.to(models.device, dtype)
+
+    def predict(x_in, timestep, text):
+        return transformer(hidden_states=x_in, timestep=timestep, encoder_hidden_states=text,
+                           encoder_hidden_states_image=image_tokens, return_dict=False)[0].float()
+
+    @torch.inference_mode()
+    def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        x_in = x.to(dtype) if condition is None else torch.cat([x.to(dtype), condition], dim=1)
+        timestep = torch.full((x.shape[0],), model_timestep(sigma), device=x.device)
+        v_positive = predict(x_in, timestep, positive)
+        if negative is None:
+            return v_positive
+        v_negative = predict(x_in, timestep, negative)
+        return v_negative + params.guidance_scale * (v_positive - v_negative)
+
+    return velocity
+
+
+def _sample(models, params, velocity, x, sigmas, progress: Progress) -> torch.Tensor:
+    sigma_list = sigmas.tolist()
+    total = len(sigma_list) - 1
+
+    def on_step(step, _x, x0):
+        if progress is not None:
+            progress(step + 1, total, x0)
+
+    return SAMPLERS[params.sampler](velocity, x.to(models.device), sigma_list, on_step)
+
+
+def _image_conditioning(models: WanModels, frame: torch.Tensor, num_frames: int):
+    """CLIP tokens and first-frame latents for an image-to-video model; nothing for a text-to-video one."""
+    if not models.is_i2v:
+        return None, None
+    return conditioning.encode_image_tokens(models, frame), conditioning.first_frame_condition(models, frame, num_frames)
+
+
+def generate_i2v(models: WanModels, image: torch.Tensor, params: SamplingParams, progress: Progress = None) -> Generation:
+    """image [1 or more, H, W, 3] in 0..1 (the first is used) -> a video that starts from it."""
+    if not models.is_i2v:
+        raise WanInputError("the diffusion model is a text-to-video model (16 input channels): image-to-video needs "
+                            "an I2V model such as wan2.1_i2v_480p_14B")
+    frame = conditioning.fit_frames(image[:1], params.width, params.height)[0]
+    image_tokens, condition = _image_conditioning(models, frame, params.num_frames)
+    velocity = guided_velocity(models, params, image_tokens, condition)
+    noise = initial_noise(params.seed, latent_shape(params))
+    sigmas = flow_sigmas(params.steps, params.flow_shift)
+    latents = _sample(models, params, velocity, noise, sigmas, progress)
+    return Generation(conditioning.raw_latents(models, latents).cpu(), params.seed)
+
+
+def generate_v2v(models: WanModels, video: torch.Tensor, params: SamplingParams, progress: Progress = None) -> Generation:
+    """video [T, H, W, 3] in 0..1 -> a video that keeps its layout and motion, re-imagined from `strength` on."""
+    if video.shape[0] < params.num_frames:
+        raise WanInputError(f"frames={params.num_frames} asks for more frames than the source video has ({video.shape[0]})")
+    frames = conditioning.fit_frames(video[: params.num_frames], params.width, params.height)
+    source = conditioning.normalise_latents(models, conditioning.encode_frames(models, frames))
+    image_tokens, condition = _image_conditioning(models, frames[0], params.num_frames)
+    velocity = guided_velocity(models, params, image_tokens, condition)
+    sigmas = flow_sigmas(params.steps, params.flow_shift)[strength_start(params.steps, params.strength):]
+    noise = initial_noise(params.seed, latent_shape(params))
+    noisy = (1.0 - sigmas[0].item()) * source.cpu() + sigmas[0].item() * noise
+    latents = _sample(models, params, velocity, noisy, sigmas, progress)
+    return Generation(conditioning.raw_latents(models, latents).cpu(), params.seed)
+
+
+def source_frame_count(video_frames: int) -> int:
+    """The longest 4n+1 clip a source video of this many frames gives (at most 81 frames, 5 s)."""
+    return (min(video_frames, 81) - 1) // 4 * 4 + 1

@@ -1,0 +1,183 @@
+"""The tiny Wan 2.1 model: every component with the real architecture, small deterministic random weights,
+written as ComfyUI-layout files so that it loads through exactly the path real weights take.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import sentencepiece
+import torch
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
+from safetensors.torch import save_file
+from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+from .loading import TOKENIZER_TENSOR, WAN_HEAD_DIM
+
+SEED = 2101
+TEXT_DIM, IMAGE_DIM = 64, 64
+TINY_FILES = {
+    "i2v": ("diffusion_models", "wan2.1_tiny_i2v.safetensors"),
+    "t2v": ("diffusion_models", "wan2.1_tiny_t2v.safetensors"),
+    "vae": ("vae", "wan2.1_tiny_vae.safetensors"),
+    "text_encoder": ("text_encoders", "umt5_tiny.safetensors"),
+    "clip_vision": ("clip_vision", "clip_vision_tiny.safetensors"),
+}
+# Text the tiny tokenizer learns its pieces from: prompt words in English and Chinese, like Wan's own prompts.
+TOKENIZER_CORPUS = """a cat walks on the grass in the sun, the camera pans slowly to the left
+a woman smiles and turns her head, soft light, cinematic, high quality, detailed
+waves crash on a rocky shore at sunset, slow motion, wide shot
+a red car drives through a rainy city street at night with neon lights
+色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量
+JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的
+形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走
+""" * 8
+
+
+def _seeded(build, offset: int):
+    """Build a module with default initialisation drawn from a fixed seed, whatever the global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED + offset)
+        return build().eval()
+
+
+def tiny_transformer(image_to_video: bool) -> WanTransformer3DModel:
+    extra = dict(image_dim=IMAGE_DIM, added_kv_proj_dim=2 * WAN_HEAD_DIM) if image_to_video else {}
+    return _seeded(lambda: WanTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=WAN_HEAD_DIM, in_channels=36 if image_to_video else 16,
+        out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=512, num_layers=2, **extra,
+    ), offset=1 if image_to_video else 2)
+
+
+def tiny_vae() -> AutoencoderKLWan:
+    return _seeded(lambda: AutoencoderKLWan(base_dim=8, z_dim=16), offset=3)
+
+
+def tiny_text_encoder(vocab_size: int) -> UMT5EncoderModel:
+    config = UMT5Config(vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=32, d_ff=128, num_layers=2, num_heads=2,
+                        feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False)
+    return _seeded(lambda: UMT5EncoderModel(config), offset=4)
+
+
+def tiny_clip_vision() -> CLIPVisionModel:
+    config = CLIPVisionConfig(hidden_size=IMAGE_DIM, intermediate_size=128, num_hidden_layers=3, num_attention_heads=1,
+                              image_size=32, patch_size=8, hidden_act="gelu", layer_norm_eps=1e-5)
+    return _seeded(lambda: CLIPVisionModel(config), offset=5)
+
+
+def tiny_tokenizer_model() -> bytes:
+    """A real sentencepiece unigram model with T5's special ids (pad 0, eos 1, unk 2), trained deterministically."""
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(TOKENIZER_CORPUS.splitlines()), model_writer=model, vocab_size=200,
+        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1,
+        character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+    )
+    return model.getvalue()
+
+
+# ---- diffusers names -> ComfyUI (original Wan) names ------------------------------------------------------------
+
+_TRANSFORMER_TO_WAN = [
+    (r"^condition_embedder\.time_embedder\.linear_([12])", lambda m: f"time_embedding.{2 * int(m[1]) - 2}"),
+    (r"^condition_embedder\.text_embedder\.linear_([12])", lambda m: f"text_embedding.{2 * int(m[1]) - 2}"),
+    (r"^condition_embedder\.time_proj", "time_projection.1"),
+    (r"^condition_embedder\.image_embedder\.norm1", "img_emb.proj.0"),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.0\.proj", "img_emb.proj.1"),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.2", "img_emb.proj.3"),
+    (r"^condition_embedder\.image_embedder\.norm2", "img_emb.proj.4"),
+    (r"^scale_shift_table", "head.modulation"),
+    (r"^proj_out", "head.head"),
+    (r"\.scale_shift_table$", ".modulation"),
+    (r"\.attn1\.", ".self_attn."),
+    (r"\.attn2\.", ".cross_attn."),
+    (r"\.to_out\.0\.", ".o."),
+    (r"\.to_([qkv])\.", r".\1."),
+    (r"\.add_([kv])_proj\.", r".\1_img."),
+    (r"\.norm_added_k\.", ".norm_k_img."),
+    (r"\.ffn\.net\.0\.proj\.", ".ffn.0."),
+    (r"\.ffn\.net\.2\.", ".ffn.2."),
+    (r"^(blocks\.\d+)\.norm([23])\.", lambda m: f"{m[1]}.norm{5 - int(m[2])}."),  # the cross-attention norm
+]
+
+_RESNET_TO_WAN = [(r"\.norm1\.", ".residual.0."), (r"\.conv1\.", ".residual.2."), (r"\.norm2\.", ".residual.3."),
+                  (r"\.conv2\.", ".residual.6."), (r"\.conv_shortcut\.", ".shortcut.")]
+_VAE_TO_WAN = [
+    (r"^quant_conv\.", "conv1."),
+    (r"^post_quant_conv\.", "conv2."),
+    (r"^(encoder|decoder)\.conv_in\.", r"\1.conv1."),
+    (r"^(encoder|decoder)\.norm_out\.", r"\1.head.0."),
+    (r"^(encoder|decoder)\.conv_out\.", r"\1.head.2."),
+    (r"^(encoder|decoder)\.mid_block\.resnets\.(\d)\.", lambda m: f"{m[1]}.middle.{2 * int(m[2])}.RESNET."),
+    (r"^(encoder|decoder)\.mid_block\.attentions\.0\.", r"\1.middle.1."),
+    (r"^encoder\.down_blocks\.(\d+)\.(?=norm|conv)", r"encoder.downsamples.\1.RESNET."),
+    (r"^encoder\.down_blocks\.", "encoder.downsamples."),
+    (r"^decoder\.up_blocks\.(\d)\.resnets\.(\d)\.", lambda m: f"decoder.upsamples.{4 * int(m[1]) + int(m[2])}.RESNET."),
+    (r"^decoder\.up_blocks\.(\d)\.upsamplers\.0\.", lambda m: f"decoder.upsamples.{4 * int(m[1]) + 3}."),
+]
+
+
+def _rename(key: str, rules) -> str:
+    for pattern, replacement in rules:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def transformer_key_to_wan(key: str) -> str:
+    return _rename(key, _TRANSFORMER_TO_WAN)
+
+
+def vae_key_to_wan(key: str) -> str:
+    key = _rename(key, _VAE_TO_WAN)
+    if ".RESNET." in key:
+        head, tail = key.split(".RESNET.")
+        key = head + _rename("." + tail, _RESNET_TO_WAN)
+    return key
+
+
+def _comfy_state(module, key_to_wan, converter) -> dict[str, torch.Tensor]:
+    """The module's weights under original Wan names, checked to convert back exactly with diffusers' converter."""
+    state = {key_to_wan(name): tensor.contiguous() for name, tensor in module.state_dict().items()}
+    round_trip = converter({key: key for key in state})
+    if set(round_trip) != set(module.state_dict()):
+        raise RuntimeError("tiny model key layout does not round-trip through diffusers' Wan converter")
+    return state
+
+
+def write_tiny_models(models_dir) -> dict[str, Path]:
+    """Write every tiny component into ComfyUI's folder layout under models_dir; returns {component: path}."""
+    models_dir = Path(models_dir)
+    tokenizer_bytes = tiny_tokenizer_model()
+    vocab_size = sentencepiece.SentencePieceProcessor(model_proto=tokenizer_bytes).get_piece_size()
+    states = {
+        "i2v": _comfy_state(tiny_transformer(True), transformer_key_to_wan, convert_wan_transformer_to_diffusers),
+        "t2v": _comfy_state(tiny_transformer(False), transformer_key_to_wan, convert_wan_transformer_to_diffusers),
+        "vae": _comfy_state(tiny_vae(), vae_key_to_wan, convert_wan_vae_to_diffusers),
+        "text_encoder": {k: v for k, v in tiny_text_encoder(vocab_size).state_dict().items() if "embed_tokens" not in k}
+        | {TOKENIZER_TENSOR: torch.from_numpy(np.frombuffer(tokenizer_bytes, dtype=np.uint8).copy())},
+        "clip_vision": {"vision_model." + k.removeprefix("vision_model."): v.contiguous()
+                        for k, v in tiny_clip_vision().state_dict().items()},
+    }
+    paths = {}
+    for component, state in states.items():
+        folder, name = TINY_FILES[component]
+        paths[component] = models_dir / folder / name
+        paths[component].parent.mkdir(parents=True, exist_ok=True)
+        temporary = paths[component].with_suffix(".partial")
+        save_file(state, str(temporary), metadata={"format": "pt", "wanflow": "tiny"})
+        os.replace(temporary, paths[component])
+    return paths
+
+
+def tiny_model_paths(cache_dir=None) -> dict[str, Path]:
+    """The tiny model files, written once into a cache folder ($WANFLOW_CACHE or ~/.cache/wanflow)."""
+    cache_dir = Path(cache_dir or os.environ.get("WANFLOW_CACHE") or Path.home() / ".cache" / "wanflow") / "tiny"
+    paths = {component: cache_dir / folder / name for component, (folder, name) in TINY_FILES.items()}
+    if not all(path.is_file() for path in paths.values()):
+        paths = write_tiny_models(cache_dir)
+    return paths
