@@ -2,7 +2,7 @@
 
 A StandIn serves one provider. Its attributes script the job (how many polls until it ends, how it ends, which
 errors come first) and it records every request, so a test can assert what was sent, or that nothing was.
-Import the fixtures into a test module: `from remote_standin import serve, remote_env`.
+Import the fixtures into a test module to use them: serve, remote_env, and the autouse no_key_in_output.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 from wan_core.video_io import write_video
 
 FAKE_KEY = "sk-wanflow-FAKE-7f3a9c1e-do-not-leak"
+WRONG_KEY = "sk-wanflow-WRONG-0b5d2e88-do-not-leak"  # a key the stand-ins refuse, and echo back
 PROVIDER_NAMES = ("wavespeed", "novita", "gmi", "highway")
 RESULT_FRAMES, RESULT_HEIGHT, RESULT_WIDTH, RESULT_FPS = 9, 48, 64, 16
 
@@ -151,11 +152,13 @@ class StandIn:
                 return self._error(Fault(401, AUTH_REASONS.get(self.provider, ""), f"invalid api key {given}"))
             if action == "poll":
                 return self._poll(job_id)
-            return getattr(self, f"_{action}")(request, headers, body)
+            if action == "upload":
+                return self._upload(request, headers.get("Content-Type"), body)
+            return self._submit(request, body)
 
-    def _upload(self, request: Recorded, headers, body: bytes):
+    def _upload(self, request: Recorded, content_type: str, body: bytes):
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            f"Content-Type: {headers.get('Content-Type')}\r\n\r\n".encode() + body
+            f"Content-Type: {content_type}\r\n\r\n".encode() + body
         )
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
@@ -166,7 +169,7 @@ class StandIn:
         filename = request.files["file"][0]
         return self._json(self._envelope({"type": "file", "download_url": f"{self.base_url}/media/{filename}"}))
 
-    def _submit(self, request: Recorded, headers, body: bytes):
+    def _submit(self, request: Recorded, body: bytes):
         request.json = payload = json.loads(body or b"{}")
         problem = self._payload_problem(request.path, payload)
         if problem:
@@ -302,6 +305,7 @@ def _route(provider: str, method: str, path: str) -> tuple[str | None, str | Non
 def _handler_for(standin: StandIn):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in separate writes; don't stall on delayed ACKs
 
         def do_GET(self):
             self._respond()
@@ -324,8 +328,17 @@ def _handler_for(standin: StandIn):
     return Handler
 
 
-@pytest.fixture
-def remote_env(monkeypatch, tmp_path):
+@pytest.fixture(name="no_key_in_output", autouse=True)
+def no_key_in_output_fixture(capfd):
+    """Whatever a test printed, on stdout or stderr, from Python or a subprocess, shows no key."""
+    yield
+    out, err = capfd.readouterr()
+    for key in (FAKE_KEY, WRONG_KEY):
+        assert key not in out and key not in err, "an API key was printed"
+
+
+@pytest.fixture(name="remote_env")
+def remote_env_fixture(monkeypatch, tmp_path):
     """Only the fake key, and no keys file, whatever the machine running the tests has configured."""
     for name in PROVIDER_NAMES:
         monkeypatch.delenv(f"{name.upper()}_API_KEY", raising=False)
@@ -334,8 +347,8 @@ def remote_env(monkeypatch, tmp_path):
     return monkeypatch
 
 
-@pytest.fixture
-def serve(remote_env):
+@pytest.fixture(name="serve")
+def serve_fixture(remote_env):
     """serve(provider) -> a started StandIn, with the provider's base URL and the fake key in the environment."""
     started = []
 

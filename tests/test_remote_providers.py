@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 from PIL import Image
-from remote_standin import (  # noqa: F401  (serve, remote_env and no_key_in_output are fixtures)
+from remote_standin import (  # noqa: F401  (the *_fixture names are fixtures, used by name)
     FAKE_KEY,
     RESULT_FPS,
     RESULT_FRAMES,
@@ -19,9 +19,9 @@ from remote_standin import (  # noqa: F401  (serve, remote_env and no_key_in_out
     RESULT_WIDTH,
     WRONG_KEY,
     Fault,
-    no_key_in_output,
-    remote_env,
-    serve,
+    no_key_in_output_fixture,
+    remote_env_fixture,
+    serve_fixture,
 )
 
 from wan_core.errors import WanInputError
@@ -236,16 +236,18 @@ def test_stop_request_ends_the_wait_within_a_second(serve):
     stop = threading.Event()
     stopped_at = []
 
-    def press_stop_after_three_polls():
-        while len(standin.calls("poll")) < 3:
+    def press_stop_while_waiting_for_the_second_poll():
+        while not standin.calls("poll"):
             time.sleep(0.005)
+        time.sleep(0.1)
         stopped_at.append(time.monotonic())
         stop.set()
 
-    threading.Thread(target=press_stop_after_three_polls, daemon=True).start()
-    settings = WaitSettings(poll_interval=0.3, backoff_base=0.01)  # the stop lands mid-sleep
+    threading.Thread(target=press_stop_while_waiting_for_the_second_poll, daemon=True).start()
+    settings = WaitSettings(poll_interval=3, backoff_base=0.01)
     error = raised(RemoteCancelled, "wavespeed", i2v_request("wavespeed"), settings=settings, should_stop=stop.is_set)
     assert time.monotonic() - stopped_at[0] < 1.0
+    assert len(standin.calls("poll")) == 1
     assert next(iter(standin.jobs)) in str(error)
 
 
@@ -317,9 +319,9 @@ def test_unreachable_provider_says_so(remote_env):
 
 
 @pytest.mark.parametrize("provider", list(PROVIDERS))
-def test_bad_key_is_an_auth_error_without_the_key(serve, provider):
+def test_bad_key_is_an_auth_error_without_the_key(serve, monkeypatch, provider):
     standin = serve(provider)
-    serve.env.setenv(f"{provider.upper()}_API_KEY", WRONG_KEY)  # the stand-in echoes it back
+    monkeypatch.setenv(f"{provider.upper()}_API_KEY", WRONG_KEY)  # the stand-in echoes it back
     error = raised(AuthError, provider, i2v_request(provider))
     assert "rejected the API key" in str(error) and f"{provider.upper()}_API_KEY" in str(error)
     assert "HTTP 401" in str(error) and "***" in str(error)
@@ -420,7 +422,8 @@ def test_expired_result_url(serve):
         ("novita", {"prompt": "x" * 2001}, "length of Novita AI i2v prompt=2001 is out of range: allowed 1 to 2000"),
         ("gmi", {"prompt": "  "}, "prompt='  ' is empty"),
         ("wavespeed", {"loras": tuple(LoraEntry(f"o/l{i}") for i in range(4))}, "loras=4 is out of range: allowed 0 to 3"),
-        ("novita", {"loras": (LoraEntry("my_style.safetensors"),)}, "is a local file"),
+        ("novita", {"loras": (LoraEntry("my_style.safetensors"),)}, "cannot use a file on this machine"),
+        ("wavespeed", {"loras": (LoraEntry("loras/style.safetensors"),)}, "is not a hub repo id (owner/name)"),
         ("novita", {"task": "v2v"}, "Novita AI task='v2v' is not allowed: choose one of i2v"),
         ("novita", {"image": image(), "image_url": None}, "takes the image only as a URL (image_url)"),
         ("highway", {"image": image(), "image_url": None}, "no upload endpoint"),
@@ -454,6 +457,16 @@ def test_invalid_v2v_parameters_are_refused_before_anything_is_sent(serve, chang
     assert standin.requests == []
 
 
+def test_none_keeps_the_provider_default_and_a_blank_url_is_no_url(serve):
+    """How a node passes inputs it leaves unset: None for a parameter, an empty text widget for a URL."""
+    standin = serve("gmi")
+    request = i2v_request("gmi", image_url="  ", steps=None, guidance_scale=None, seed=None, duration=None)
+    run_remote("gmi", request, settings=FAST)
+    payload = submitted(standin)["payload"]
+    assert "seed" not in payload and "video_length" not in payload
+    assert payload["path_to_image"].startswith("data:image/png;base64,")
+
+
 def test_unknown_provider(remote_env):
     error = raised(RemoteInputError, "runway", i2v_request("gmi"))
     assert "provider='runway' is not allowed: choose one of wavespeed, novita, gmi, highway" in str(error)
@@ -462,29 +475,29 @@ def test_unknown_provider(remote_env):
 # ---------------------------------------------------------------------------------------------------- keys
 
 
-def test_missing_key_says_where_to_put_it(serve):
+def test_missing_key_says_where_to_put_it(serve, monkeypatch):
     standin = serve("novita")
-    serve.env.delenv("NOVITA_API_KEY")
+    monkeypatch.delenv("NOVITA_API_KEY")
     error = raised(RemoteInputError, "novita", i2v_request("novita"))
     assert "NOVITA_API_KEY" in str(error) and "no-keys.json" in str(error)
     assert standin.requests == []
 
 
-def test_key_from_the_keys_file(serve, tmp_path):
+def test_key_from_the_keys_file(serve, monkeypatch, tmp_path):
     standin = serve("wavespeed")
-    serve.env.delenv("WAVESPEED_API_KEY")
+    monkeypatch.delenv("WAVESPEED_API_KEY")
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({"wavespeed": FAKE_KEY}))
-    serve.env.setenv("WANFLOW_KEYS_FILE", str(keys))
+    monkeypatch.setenv("WANFLOW_KEYS_FILE", str(keys))
     run_remote("wavespeed", i2v_request("wavespeed"), settings=FAST)
     assert standin.requests and all(request.authorized for request in standin.calls("submit"))
 
 
-def test_broken_keys_file_is_reported_without_its_content(serve, tmp_path):
+def test_broken_keys_file_is_reported_without_its_content(serve, monkeypatch, tmp_path):
     serve("gmi")
-    serve.env.delenv("GMI_API_KEY")
+    monkeypatch.delenv("GMI_API_KEY")
     keys = tmp_path / "keys.json"
     keys.write_text('{"gmi": "' + FAKE_KEY)  # unterminated
-    serve.env.setenv("WANFLOW_KEYS_FILE", str(keys))
+    monkeypatch.setenv("WANFLOW_KEYS_FILE", str(keys))
     error = raised(RemoteInputError, "gmi", i2v_request("gmi"))
     assert "keys.json" in str(error) and "is not readable" in str(error)

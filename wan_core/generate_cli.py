@@ -10,11 +10,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import conditioning, pipeline
 from .errors import WanInputError
-from .loading import load_models
-from .model_files import resolve_model_files
-from .params import SAMPLER_NAMES, SamplingParams, frame_count, parse_size
+from .params import SAMPLER_NAMES, SamplingParams, frame_count, parse_size, source_frame_count
 from .video_io import DEFAULT_FPS, read_image, read_video, write_video
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -50,6 +47,9 @@ def add_parsers(subparsers):
     v2v.add_argument("--strength", type=float, default=0.9, help="0.1-1.0: how much of the source is re-imagined")
     _add_common(v2v)
     v2v.set_defaults(run=run_v2v)
+    tiny = subparsers.add_parser("tiny-models", help="write the tiny model files into a ComfyUI models folder")
+    tiny.add_argument("--models-dir", required=True)
+    tiny.set_defaults(run=run_tiny_models)
 
 
 def _params(args, num_frames: int, **extra) -> SamplingParams:
@@ -69,6 +69,11 @@ def _output_path(text: str) -> Path:
 
 
 def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
+    # diffusers and transformers take seconds to import: only the subcommands that generate pay for them
+    from . import conditioning, pipeline
+    from .loading import load_models
+    from .model_files import resolve_model_files
+
     out = _output_path(args.out)
     files = resolve_model_files(args.model, task, args.diffusion_model, args.vae, args.text_encoder, args.clip_vision)
     started = time.perf_counter()
@@ -98,8 +103,16 @@ def run_i2v(args) -> int:
 def run_v2v(args) -> int:
     video, _fps = read_video(args.video)
     wanted = frame_count(args.duration, args.frames) if args.duration or args.frames else None
-    num_frames = wanted or pipeline.source_frame_count(video.shape[0])
+    num_frames = wanted or source_frame_count(video.shape[0])
     if num_frames > video.shape[0]:
         raise WanInputError(f"the source video {args.video!r} has {video.shape[0]} frames: fewer than the "
-                            f"{num_frames} asked for; ask for at most {pipeline.source_frame_count(video.shape[0])}")
+                            f"{num_frames} asked for; ask for at most {source_frame_count(video.shape[0])}")
     return _run(args, "v2v", video, _params(args, num_frames, strength=args.strength))
+
+
+def run_tiny_models(args) -> int:
+    from .tiny import write_tiny_models
+
+    for path in write_tiny_models(args.models_dir).values():
+        print(path)
+    return 0

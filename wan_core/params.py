@@ -49,6 +49,11 @@ def frame_count(duration: float | None = None, frames: int | None = None) -> int
     return round(FPS * duration) // 4 * 4 + 1
 
 
+def source_frame_count(video_frames: int) -> int:
+    """The longest 4n+1 clip a source video of this many frames gives (at most 81 frames, 5 s)."""
+    return (min(video_frames, 81) - 1) // 4 * 4 + 1
+
+
 def resolve_seed(seed: int) -> int:
     """-1 draws a seed; any other value in range is used as given."""
     check_range("seed", seed, *SEED_RANGE)

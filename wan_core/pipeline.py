@@ -106,7 +106,3 @@ def generate_v2v(models: WanModels, video: torch.Tensor, params: SamplingParams,
     latents = _sample(models, params, velocity, noisy, sigmas, progress)
     return Generation(conditioning.raw_latents(models, latents).cpu(), params.seed)
 
-
-def source_frame_count(video_frames: int) -> int:
-    """The longest 4n+1 clip a source video of this many frames gives (at most 81 frames, 5 s)."""
-    return (min(video_frames, 81) - 1) // 4 * 4 + 1
