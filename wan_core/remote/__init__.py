@@ -10,28 +10,26 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .base import (
+from .errors import (
     AuthError,
     DownloadError,
     NotAVideoError,
     NsfwError,
     OutOfCreditError,
-    Provider,
     ProviderError,
     RateLimitError,
     RemoteCancelled,
     RemoteError,
     RemoteInputError,
-    RemoteProgress,
-    RemoteRequest,
-    RemoteResult,
     RemoteTimeoutError,
     TaskFailedError,
-    WaitSettings,
-    run_job,
 )
 from .gmi import GMI
+from .http import WaitSettings
+from .job import RemoteProgress, RemoteResult, run_job
 from .novita import HIGHWAY, NOVITA
+from .provider import Provider
+from .request import RemoteRequest
 from .wavespeed import WAVESPEED
 
 PROVIDERS: dict[str, Provider] = {provider.name: provider for provider in (WAVESPEED, NOVITA, GMI, HIGHWAY)}

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-from .base import (
-    SIZE_RESOLUTIONS,
-    ApiClient,
-    JobState,
-    JobStatus,
-    Param,
-    Provider,
-    RemoteRequest,
-    answer_field,
-    payload_fields,
-    png_data_uri,
-    reported_seed,
-    resolution_of,
-)
+from .http import ApiClient
+from .provider import JobState, JobStatus, Provider, answer_field, reported_seed
+from .request import SIZE_RESOLUTIONS, Param, RemoteRequest, payload_fields, png_data_uri, resolution_of
 
 REQUESTS_PATH = "/api/v1/ie/requestqueue/apikey/requests"
 MODELS = {"480p": "Wan-AI_Wan2.1-I2V-14B-480P", "720p": "Wan-AI_Wan2.1-I2V-14B-720P"}

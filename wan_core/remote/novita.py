@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-from .base import (
-    SIZE_RESOLUTIONS,
-    ApiClient,
-    AuthError,
-    JobState,
-    JobStatus,
-    OutOfCreditError,
-    Param,
-    Provider,
-    RemoteRequest,
-    answer_field,
-    lora_payload,
-    payload_fields,
-    reported_seed,
-)
+from .errors import AuthError, OutOfCreditError
+from .http import ApiClient
+from .provider import JobState, JobStatus, Provider, answer_field, reported_seed
+from .request import SIZE_RESOLUTIONS, Param, RemoteRequest, lora_payload, payload_fields
 
 SUBMIT_PATH = "/v3/async/wan-i2v"
 RESULT_PATH = "/v3/async/task-result"

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from .base import (
+from .errors import RemoteInputError
+from .http import ApiClient
+from .provider import JobState, JobStatus, Provider, answer_field, reported_seed
+from .request import (
     SIZE_RESOLUTIONS,
-    ApiClient,
-    JobState,
-    JobStatus,
     Param,
-    Provider,
-    RemoteInputError,
     RemoteRequest,
-    answer_field,
     lora_payload,
     mp4_bytes,
     payload_fields,
     png_bytes,
-    reported_seed,
     resolution_of,
 )
 
