@@ -72,7 +72,7 @@ def sample_unipc(model: Model, x: torch.Tensor, sigmas: list[float], callback: C
     """UniPC-2 (bh2) with the UniC corrector and lower order at the first and last steps, as Wan's reference."""
     steps = len(sigmas) - 1
     history: list[tuple[torch.Tensor, float]] = []  # (x0, sigma) of earlier steps, newest last
-    x_before = None
+    x_before, last_order = None, 1
     for i in range(steps):
         x0 = x - sigmas[i] * model(x, sigmas[i])
         if history:  # correct the point we stepped to with the model output we just paid for

@@ -8,8 +8,6 @@ Keys come from WAVESPEED_API_KEY, NOVITA_API_KEY, GMI_API_KEY, HIGHWAY_API_KEY o
 
 from __future__ import annotations
 
-from typing import Callable
-
 from .errors import (
     AuthError,
     DownloadError,
