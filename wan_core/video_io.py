@@ -77,7 +77,9 @@ def write_video(path, frames: torch.Tensor, fps: float = DEFAULT_FPS, crf: int =
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": str(crf)}
+        # x264's macroblock-tree pass reads uninitialised padding at widths that are not a multiple of 64, so the
+        # same frames could encode differently from run to run; without it a seed always gives the same file
+        stream.options = {"crf": str(crf), "x264-params": "mbtree=0"}
         for pixel_frame in pixels:
             for packet in stream.encode(av.VideoFrame.from_ndarray(pixel_frame, format="rgb24")):
                 container.mux(packet)
