@@ -9,14 +9,28 @@ Test-machine plumbing only: a user's ComfyUI has a matching torchvision.
 import runpy
 import sys
 
-import torch
 
-_TORCHVISION_SCHEMAS = torch.library.Library("torchvision", "DEF")
-for _name in ("nms", "qnms"):
-    _TORCHVISION_SCHEMAS.define(f"{_name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+class _TorchvisionSchemas:
+    """Defines the schemas just before torchvision is first imported; importing torch any earlier would trip
+    ComfyUI's "torch imported before this point" start-up check."""
+
+    libraries = []
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            sys.meta_path.remove(self)
+            import torch
+
+            library = torch.library.Library("torchvision", "DEF")
+            for op in ("nms", "qnms"):
+                library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+            self.libraries.append(library)  # a Library's definitions last as long as the object
+        return None
+
 
 if __name__ == "__main__":
     comfy_dir, script, *script_args = sys.argv[1:]
+    sys.meta_path.insert(0, _TorchvisionSchemas())
     sys.path.insert(0, comfy_dir)
     sys.argv = [script, *script_args]
     runpy.run_path(script, run_name="__main__")

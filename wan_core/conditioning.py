@@ -82,8 +82,10 @@ def encode_frames(models: WanModels, frames: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def decode_latents(models: WanModels, raw: torch.Tensor) -> torch.Tensor:
-    """Raw latents [1, 16, T_lat, h, w] -> frames [T, 8h, 8w, 3] in 0..1."""
+@torch.inference_mode()
+def decode_latents(models: WanModels, raw: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+    """Raw latents [1, 16, T_lat, h, w] -> frames [T, 8h, 8w, 3] in 0..1. Tiled decoding trades time for memory."""
+    models.vae.use_tiling = tiled
     video = models.vae.decode(raw.to(models.vae.device, models.vae.dtype)).sample
     return (video[0].float() / 2.0 + 0.5).clamp(0, 1).permute(1, 2, 3, 0).cpu()
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import WanInputError, check_range
 
 MAX_LORAS_PER_NODE = 3
+MAX_LORAS = 3  # in a whole stack, as the hosted APIs take them
 SCALE_RANGE = (0.0, 4.0)
 
 
@@ -23,6 +25,17 @@ class LoraEntry:
             raise WanInputError(f"lora source={self.source!r} is empty: give a file, a hub repo id or a URL")
         check_range(f"scale of LoRA {self.source!r}", self.scale, *SCALE_RANGE)
 
+    @classmethod
+    def from_text(cls, text: str, scale: float = 1.0) -> LoraEntry:
+        """'owner/name', 'owner/name/file.safetensors' (a repo holding several), an http(s) URL or a file path."""
+        text = text.strip()
+        parts = text.split("/")
+        if text.startswith(("http://", "https://")) or Path(text).exists() or text.startswith(("/", ".", "~")):
+            return cls(text, scale)
+        if len(parts) > 2 and all(parts):
+            return cls("/".join(parts[:2]), scale, "/".join(parts[2:]))
+        return cls(text, scale)
+
     @property
     def is_url(self) -> bool:
         return self.source.startswith(("http://", "https://"))
@@ -32,7 +45,12 @@ LoraStack = tuple[LoraEntry, ...]
 
 
 def extend_stack(stack: LoraStack | None, entries: list[LoraEntry]) -> LoraStack:
-    """A new stack: the incoming one followed by at most MAX_LORAS_PER_NODE new entries."""
+    """A new stack: the incoming one followed by at most MAX_LORAS_PER_NODE new entries, MAX_LORAS in all."""
     if len(entries) > MAX_LORAS_PER_NODE:
         raise WanInputError(f"{len(entries)} LoRAs given to one stack node: allowed at most {MAX_LORAS_PER_NODE}")
-    return tuple(stack or ()) + tuple(entries)
+    combined = tuple(stack or ()) + tuple(entries)
+    if len(combined) > MAX_LORAS:
+        names = ", ".join(entry.source for entry in combined)
+        raise WanInputError(f"a LoRA stack of {len(combined)} ({names}): allowed at most {MAX_LORAS}, "
+                            "as the hosted Wan APIs take")
+    return combined

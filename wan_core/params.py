@@ -49,9 +49,14 @@ def frame_count(duration: float | None = None, frames: int | None = None) -> int
     return round(FPS * duration) // 4 * 4 + 1
 
 
+def whole_clip_frames(video_frames: int) -> int:
+    """The longest 4n+1 clip a source video of this many frames gives."""
+    return (video_frames - 1) // 4 * 4 + 1
+
+
 def source_frame_count(video_frames: int) -> int:
-    """The longest 4n+1 clip a source video of this many frames gives (at most 81 frames, 5 s)."""
-    return (min(video_frames, 81) - 1) // 4 * 4 + 1
+    """The longest 4n+1 clip a source video of this many frames gives, at most 81 frames (5 s)."""
+    return whole_clip_frames(min(video_frames, 81))
 
 
 def resolve_seed(seed: int) -> int:

@@ -1,0 +1,135 @@
+"""What every WanFlow node shares with ComfyUI: its types, model folders, memory manager, progress bar and Cancel."""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import comfy.latent_formats
+import comfy.model_management
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+import latent_preview
+import torch
+from comfy_api.v0_0_2 import io
+
+from ..wan_core.errors import WanInputError
+from ..wan_core.lora_stack import LoraStack
+
+CATEGORY = "WanFlow"
+WanModelType = io.Custom("WAN_MODEL")
+WanLorasType = io.Custom("WAN_LORAS")
+NONE = "none"
+log = logging.getLogger("wanflow")
+
+
+def folder_choices(kind: str, optional: bool = False) -> list[str]:
+    """The files of one of ComfyUI's model folders, for a dropdown; `none` first where the input may be left empty."""
+    return ([NONE] if optional else []) + folder_paths.get_filename_list(kind)
+
+
+def missing_from_folders(*choices: tuple[str, str]) -> bool | str:
+    """For validate_inputs, given (folder kind, file name) pairs: True, or a message naming each chosen file that
+    is not in its folder. (ComfyUI 0.3.x does not check V3 dropdown values against their options itself.)"""
+    missing = [f"{kind} file {name!r} is not in ComfyUI's {kind} folder ({', '.join(folder_paths.get_folder_paths(kind))})"
+               for kind, name in choices if name != NONE and name not in folder_paths.get_filename_list(kind)]
+    return "; ".join(missing) or True
+
+
+def folder_file(kind: str, name: str) -> Path | None:
+    if name == NONE:
+        return None
+    path = folder_paths.get_full_path(kind, name)
+    if path is None:
+        raise WanInputError(f"{kind} file {name!r} is not in ComfyUI's {kind} folder")
+    return Path(path)
+
+
+# ---- progress, previews and Cancel ------------------------------------------------------------------------------
+
+
+def step_progress(total_steps: int):
+    """A wan_core progress callback: ComfyUI's bar advances each step with a latent preview, and a Cancel pressed
+    in the queue raises here, so sampling stops within one step."""
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    bar = comfy.utils.ProgressBar(total_steps)
+    previewer = latent_preview.get_previewer(comfy.model_management.get_torch_device(), comfy.latent_formats.Wan21())
+
+    def progress(step: int, total: int, x0: torch.Tensor | None):
+        # x0 [1, 16, T, h, w] is normalised like ComfyUI's Wan21 latent format, which its previewers expect
+        preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer and x0 is not None else None
+        bar.update_absolute(step, total, preview)
+
+    return progress
+
+
+# ---- loaded models -----------------------------------------------------------------------------------------------
+
+
+class _Networks(torch.nn.Module):
+    """The bundle's networks as one module, so ComfyUI's memory manager moves and frees them like its own models."""
+
+    def __init__(self, models):
+        super().__init__()
+        self.transformer, self.vae, self.text_encoder = models.transformer, models.vae, models.text_encoder
+        self.image_encoder = models.image_encoder
+
+
+class LoadedWan:
+    """One set of base weights in memory, with the ModelPatcher that registers it with ComfyUI."""
+
+    def __init__(self, models):
+        self.models = models
+        self.patcher = comfy.model_patcher.ModelPatcher(
+            _Networks(models), comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device())
+
+
+# Weak: while any WAN_MODEL output (ComfyUI's node cache) holds the weights, a LoadWanModel that differs only in
+# its LoRAs reuses them; once ComfyUI drops its cache (Free memory, other models) they are gone.
+_loaded: weakref.WeakValueDictionary[tuple, LoadedWan] = weakref.WeakValueDictionary()
+
+
+def load_wan(files: tuple[Path, Path, Path, Path | None], dtype: torch.dtype) -> LoadedWan:
+    from ..wan_core.loading import load_models
+
+    key = (*files, *(path.stat().st_mtime_ns for path in files if path), dtype)
+    loaded = _loaded.get(key)
+    if loaded is None:
+        started = time.perf_counter()
+        models = load_models(*files, dtype=dtype, device=comfy.model_management.unet_offload_device())
+        loaded = _loaded[key] = LoadedWan(models)
+        log.info("WanFlow: loaded %s in %.1f s", files[0].name, time.perf_counter() - started)
+    else:
+        log.info("WanFlow: reusing the loaded %s", files[0].name)
+    return loaded
+
+
+@dataclass
+class WanModel:
+    """The WAN_MODEL value: loaded weights plus the LoRA stack this graph branch wants on them."""
+
+    loaded: LoadedWan
+    loras: LoraStack = field(default_factory=tuple)
+
+    def ready(self):
+        """The WanModels with this branch's LoRAs applied, on ComfyUI's compute device (other models make room)."""
+        from ..wan_core.lora import set_lora_stack
+
+        report = set_lora_stack(self.loaded.models, self.loras)
+        if self.loras:
+            log.info("WanFlow: %s", report.summary())
+        comfy.model_management.load_models_gpu([self.loaded.patcher], force_full_load=True)
+        return self.loaded.models
+
+
+def compute_dtype(choice: str) -> torch.dtype:
+    if choice != "auto":
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
+    device = comfy.model_management.get_torch_device()
+    if comfy.model_management.should_use_bf16(device):
+        return torch.bfloat16
+    return torch.float16 if comfy.model_management.should_use_fp16(device) else torch.float32

@@ -1,0 +1,95 @@
+"""LoadWanModel and WanLoRAStack: model files from ComfyUI's folders, and the LoRA stack value."""
+
+from __future__ import annotations
+
+from comfy_api.v0_0_2 import io
+
+from ..wan_core.lora_stack import MAX_LORAS_PER_NODE, SCALE_RANGE, LoraEntry, extend_stack
+from .comfy_bridge import CATEGORY, NONE, WanLorasType, WanModel, WanModelType, compute_dtype, folder_choices, \
+    folder_file, load_wan, missing_from_folders
+
+DTYPES = ["auto", "bf16", "fp16", "fp32"]
+
+
+class LoadWanModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoadWanModel",
+            display_name="Load Wan 2.1 Model",
+            category=CATEGORY,
+            description="Loads a Wan 2.1 diffusion model with its VAE, text encoder and (for image-to-video) CLIP "
+                        "vision; the architecture is read from the files.",
+            inputs=[
+                io.Combo.Input("diffusion_model", options=folder_choices("diffusion_models"),
+                               tooltip="Wan 2.1 I2V or T2V model from models/diffusion_models "
+                                       "(fp16, bf16, fp8_e4m3fn or fp8_scaled)."),
+                io.Combo.Input("vae", options=folder_choices("vae"), tooltip="The Wan 2.1 VAE from models/vae."),
+                io.Combo.Input("text_encoder", options=folder_choices("text_encoders"),
+                               tooltip="UMT5-XXL from models/text_encoders."),
+                io.Combo.Input("clip_vision", options=folder_choices("clip_vision", optional=True),
+                               tooltip="CLIP ViT-H from models/clip_vision; needed by image-to-video models, "
+                                       "'none' for text-to-video ones."),
+                io.Combo.Input("dtype", options=DTYPES, default="auto",
+                               tooltip="Compute precision; auto picks bf16 or fp16 on a GPU, fp32 on the CPU."),
+                WanLorasType.Input("loras", optional=True, tooltip="LoRAs from a Wan LoRA Stack node."),
+            ],
+            outputs=[WanModelType.Output(display_name="model")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, diffusion_model, vae, text_encoder, clip_vision):
+        return missing_from_folders(("diffusion_models", diffusion_model), ("vae", vae),
+                                    ("text_encoders", text_encoder), ("clip_vision", clip_vision))
+
+    @classmethod
+    def execute(cls, diffusion_model, vae, text_encoder, clip_vision, dtype, loras=None) -> io.NodeOutput:
+        files = (folder_file("diffusion_models", diffusion_model), folder_file("vae", vae),
+                 folder_file("text_encoders", text_encoder), folder_file("clip_vision", clip_vision))
+        return io.NodeOutput(WanModel(load_wan(files, compute_dtype(dtype)), tuple(loras or ())))
+
+
+def _lora_inputs(slot: int) -> list[io.Input]:
+    return [
+        io.Combo.Input(f"lora_{slot}", options=folder_choices("loras", optional=True),
+                       tooltip="A LoRA file from models/loras, or 'none'."),
+        io.String.Input(f"source_{slot}", default="",
+                        tooltip="Instead of a file: a hub repo id (owner/name, or owner/name/file.safetensors when "
+                                "the repo holds several) or an http(s) URL; downloaded once into a cache."),
+        io.Float.Input(f"strength_{slot}", default=1.0, min=SCALE_RANGE[0], max=SCALE_RANGE[1], step=0.05,
+                       tooltip="How strongly this LoRA applies, 0 to 4."),
+    ]
+
+
+def _entry(file_name: str, source: str, strength: float) -> LoraEntry | None:
+    source = source.strip()
+    if source:
+        return LoraEntry.from_text(source, strength)
+    if file_name == NONE:
+        return None
+    return LoraEntry(str(folder_file("loras", file_name)), strength)
+
+
+class WanLoRAStack(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanLoRAStack",
+            display_name="Wan LoRA Stack",
+            category=CATEGORY,
+            description=f"Up to {MAX_LORAS_PER_NODE} LoRAs, applied in order; chain a stack in to extend it. The "
+                        "same stack works for local sampling and the hosted APIs.",
+            inputs=[slot_input for slot in range(1, MAX_LORAS_PER_NODE + 1) for slot_input in _lora_inputs(slot)]
+                   + [WanLorasType.Input("loras", optional=True, tooltip="A stack to extend.")],
+            outputs=[WanLorasType.Output(display_name="loras")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, lora_1, lora_2, lora_3):
+        return missing_from_folders(("loras", lora_1), ("loras", lora_2), ("loras", lora_3))
+
+    @classmethod
+    def execute(cls, loras=None, **slots) -> io.NodeOutput:
+        entries = [_entry(slots[f"lora_{slot}"], slots[f"source_{slot}"], slots[f"strength_{slot}"])
+                   for slot in range(1, MAX_LORAS_PER_NODE + 1)]
+        return io.NodeOutput(extend_stack(loras, [entry for entry in entries if entry is not None]))

@@ -1,0 +1,125 @@
+"""WanI2VSampler, WanV2VSampler and WanVAEDecode: wan_core's pipelines behind ComfyUI's IMAGE and LATENT."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.v0_0_2 import io
+
+from ..wan_core.params import FLOW_SHIFT_RANGE, FRAMES_RANGE, GUIDANCE_RANGE, SAMPLER_NAMES, SEED_RANGE, SIZE_MULTIPLE, \
+    SIZE_RANGE, STEPS_RANGE, STRENGTH_RANGE, WAN_NEGATIVE_PROMPT, SamplingParams, whole_clip_frames
+from .comfy_bridge import CATEGORY, WanModelType, step_progress
+
+
+def _sampling_inputs(frames_tooltip: str) -> list[io.Input]:
+    """The inputs both samplers share, after the model and the media."""
+    return [
+        io.String.Input("prompt", multiline=True, default="", tooltip="What the video shows and how it moves."),
+        io.String.Input("negative_prompt", multiline=True, default=WAN_NEGATIVE_PROMPT,
+                        tooltip="What to steer away from; Wan 2.1's own default is filled in."),
+        io.Int.Input("width", default=832, min=SIZE_RANGE[0], max=SIZE_RANGE[1], step=SIZE_MULTIPLE,
+                     tooltip="Video width in pixels, a multiple of 16 (832x480 for 480p models, 1280x720 for 720p)."),
+        io.Int.Input("height", default=480, min=SIZE_RANGE[0], max=SIZE_RANGE[1], step=SIZE_MULTIPLE,
+                     tooltip="Video height in pixels, a multiple of 16."),
+        io.Int.Input("frames", default=81, min=FRAMES_RANGE[0], max=FRAMES_RANGE[1], step=4,
+                     tooltip=frames_tooltip),
+        io.Int.Input("steps", default=30, min=STEPS_RANGE[0], max=STEPS_RANGE[1],
+                     tooltip="Sampling steps; more is slower and usually cleaner."),
+        io.Float.Input("guidance", default=5.0, min=GUIDANCE_RANGE[0], max=GUIDANCE_RANGE[1], step=0.1,
+                       tooltip="Classifier-free guidance: how closely to follow the prompt; 1 skips the negative "
+                               "prompt and runs twice as fast."),
+        io.Float.Input("flow_shift", default=3.0, min=FLOW_SHIFT_RANGE[0], max=FLOW_SHIFT_RANGE[1], step=0.1,
+                       tooltip="Shift of the flow-matching schedule: 3 for 480p, 5 for 720p."),
+        io.Int.Input("seed", default=0, min=0, max=SEED_RANGE[1], control_after_generate=True,
+                     tooltip="The same seed and inputs give the same video."),
+        io.Combo.Input("sampler", options=list(SAMPLER_NAMES), default=SAMPLER_NAMES[0],
+                       tooltip="unipc: Wan's default, good in few steps; euler: the plain flow-matching step."),
+    ]
+
+
+def _params(prompt, negative_prompt, width, height, frames, steps, guidance, flow_shift, seed, sampler,
+            **extra) -> SamplingParams:
+    return SamplingParams(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_frames=frames,
+                          steps=steps, guidance_scale=guidance, flow_shift=flow_shift, seed=seed, sampler=sampler,
+                          **extra)
+
+
+def _latent(generation) -> io.NodeOutput:
+    # ComfyUI's Wan 2.1 convention: raw VAE-space latents [B, 16, T, H/8, W/8], so core VAEDecode works on them
+    return io.NodeOutput({"samples": generation.latents})
+
+
+class WanI2VSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanI2VSampler",
+            display_name="Wan Image to Video",
+            category=CATEGORY,
+            description="Samples a Wan 2.1 video that starts from an image.",
+            inputs=[
+                WanModelType.Input("model", tooltip="From Load Wan 2.1 Model, with an image-to-video model."),
+                io.Image.Input("image", tooltip="The first frame; it is scaled and centre-cropped to the size."),
+                *_sampling_inputs("Frames, 4n+1: 81 is 5 seconds at 16 fps."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, model, image, **inputs) -> io.NodeOutput:
+        from ..wan_core.pipeline import generate_i2v
+
+        params = _params(**inputs)
+        return _latent(generate_i2v(model.ready(), image, params, step_progress(params.steps)))
+
+
+class WanV2VSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanV2VSampler",
+            display_name="Wan Video to Video",
+            category=CATEGORY,
+            description="Re-imagines a video with a prompt, keeping its layout and motion.",
+            inputs=[
+                WanModelType.Input("model", tooltip="From Load Wan 2.1 Model (T2V or I2V)."),
+                io.Image.Input("video", tooltip="Source frames, e.g. from Load Video and Get Video Components."),
+                io.Float.Input("strength", default=0.9, min=STRENGTH_RANGE[0], max=STRENGTH_RANGE[1], step=0.05,
+                               tooltip="How far the result may move from the source: 1 keeps only its motion "
+                                       "hints, low values stay close to it."),
+                *_sampling_inputs("Frames, 4n+1; a shorter source gives as many as it has (rounded down to 4n+1)."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, model, video, strength, frames, **inputs) -> io.NodeOutput:
+        from ..wan_core.pipeline import generate_v2v
+
+        params = _params(frames=min(frames, whole_clip_frames(video.shape[0])), strength=strength, **inputs)
+        return _latent(generate_v2v(model.ready(), video, params, step_progress(params.steps)))
+
+
+class WanVAEDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanVAEDecode",
+            display_name="Wan VAE Decode",
+            category=CATEGORY,
+            description="Decodes Wan latents to frames with the model's VAE.",
+            inputs=[
+                WanModelType.Input("model", tooltip="The Wan model whose VAE decodes."),
+                io.Latent.Input("latent", tooltip="From a Wan sampler (or any Wan 2.1 latent)."),
+                io.Boolean.Input("tiled", default=False,
+                                 tooltip="Decode in tiles: less memory for large videos, a little slower."),
+            ],
+            outputs=[io.Image.Output(display_name="frames")],
+        )
+
+    @classmethod
+    def execute(cls, model, latent, tiled) -> io.NodeOutput:
+        from ..wan_core.conditioning import decode_latents
+
+        samples: torch.Tensor = latent["samples"]  # [B, 16, T, h, w]
+        models = model.ready()
+        return io.NodeOutput(torch.cat([decode_latents(models, video[None], tiled) for video in samples]))

@@ -1,0 +1,207 @@
+"""The node pack inside a real ComfyUI 0.3.75 server on 127.0.0.1: registration, the shipped API workflows on the
+tiny model, core nodes on both sides, caching, progress with previews, Cancel, and bad input said clearly."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfyui_server import TINY, TINY_LORA, ComfyServer, load_json
+from remote_standin import FAKE_KEY, RESULT_FRAMES
+from wan_core.video_io import read_video
+
+ROOT = Path(__file__).resolve().parents[1]
+NODE_IDS = ("LoadWanModel", "WanLoRAStack", "WanI2VSampler", "WanV2VSampler", "WanVAEDecode", "RemoteWanAPI")
+SMALL = {"width": 80, "height": 64, "frames": 9, "steps": 2}
+
+
+def tiny_workflow(name: str) -> dict:
+    """A shipped API workflow with the model names pointed at the tiny files, at a size the CPU runs in seconds."""
+    workflow = load_json(ROOT / "workflows" / "api" / f"{name}.json")
+    for node in workflow.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "LoadWanModel":
+            image_to_video = inputs["clip_vision"] != "none"
+            inputs.update(diffusion_model=TINY["i2v" if image_to_video else "t2v"], vae=TINY["vae"],
+                          text_encoder=TINY["text_encoder"], clip_vision=TINY["clip_vision"] if image_to_video else "none")
+        if node["class_type"] == "WanLoRAStack":
+            inputs.update(lora_1=TINY_LORA, source_1="")
+        if node["class_type"] in ("WanI2VSampler", "WanV2VSampler"):
+            inputs.update(SMALL)
+    return workflow
+
+
+def node_of(workflow: dict, class_type: str) -> str:
+    return next(node_id for node_id, node in workflow.items() if node["class_type"] == class_type)
+
+
+def saved_files(server: ComfyServer, entry: dict, node_id: str) -> list[Path]:
+    outputs = entry["outputs"][node_id]
+    files = [item for items in outputs.values() if isinstance(items, list) for item in items if isinstance(item, dict)]
+    return [server.output_dir / item["subfolder"] / item["filename"] for item in files]
+
+
+def error_message(entry: dict) -> str:
+    return " ".join(json.dumps(data) for kind, data in entry["status"]["messages"] if kind == "execution_error")
+
+
+def test_the_six_nodes_register_with_tooltips_and_no_import_error(comfy):
+    info = comfy.get("/object_info")
+    for node_id in NODE_IDS:
+        assert info[node_id]["category"] == "WanFlow"
+        inputs = info[node_id]["input"]["required"] | info[node_id]["input"].get("optional", {})
+        assert inputs and all(options[1].get("tooltip") for options in inputs.values()), node_id
+    assert TINY["i2v"] in info["LoadWanModel"]["input"]["required"]["diffusion_model"][1]["options"]
+    assert TINY_LORA in info["WanLoRAStack"]["input"]["required"]["lora_1"][1]["options"]
+    pack_lines = [line for line in comfy.log().splitlines() if "custom_nodes/wanflow" in line]
+    assert pack_lines and not [line for line in pack_lines if "IMPORT FAILED" in line or "Cannot import" in line]
+
+
+def test_i2v_workflow_writes_the_video_and_reuses_the_loaded_model(comfy):
+    workflow = tiny_workflow("wan21_i2v_480p")
+    sampler, save = node_of(workflow, "WanI2VSampler"), node_of(workflow, "SaveVideo")
+    messages = comfy.listen()
+    try:
+        first_id = comfy.queue(workflow, messages.client_id)
+        first = comfy.wait(first_id)
+        assert first["status"]["status_str"] == "success", first["status"]
+        workflow[sampler]["inputs"]["seed"] = 7
+        second_id = comfy.queue(workflow, messages.client_id)
+        second = comfy.wait(second_id)
+        assert second["status"]["status_str"] == "success", second["status"]
+    finally:
+        messages.close()
+    for entry in (first, second):
+        (video,) = saved_files(comfy, entry, save)
+        frames, fps = read_video(video)
+        assert frames.shape == (9, 64, 80, 3) and fps == 16
+    # the second run sampled again but took the model from ComfyUI's cache
+    cached = messages.of_type("execution_cached", second_id)[0]["nodes"]
+    assert node_of(workflow, "LoadWanModel") in cached and sampler not in cached
+    assert comfy.log().count("WanFlow: loaded wan2.1_tiny_i2v") == 1
+    # the bar advanced every step, with a latent preview
+    steps = [event["value"] for event in messages.of_type("progress", first_id) if event["node"] == sampler]
+    assert steps == list(range(1, SMALL["steps"] + 1))
+    assert len(messages.previews) >= SMALL["steps"]
+
+
+def test_v2v_lora_workflow_writes_the_video(comfy):
+    workflow = tiny_workflow("wan21_v2v_480p_lora")
+    entry = comfy.run(workflow)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (video,) = saved_files(comfy, entry, node_of(workflow, "SaveVideo"))
+    assert read_video(video)[0].shape == (9, 64, 80, 3)
+    assert "WanFlow: 1 LoRA" in comfy.log() or "applied" in comfy.log()
+
+
+def test_core_vae_decode_reads_the_sampler_latent(comfy):
+    """LATENT is ComfyUI's raw Wan 2.1 latent: core VAELoader + VAEDecode give the frames WanVAEDecode gives."""
+    workflow = tiny_workflow("wan21_i2v_480p")
+    sampler, model = node_of(workflow, "WanI2VSampler"), node_of(workflow, "LoadWanModel")
+    workflow.update({
+        "20": {"class_type": "WanVAEDecode", "inputs": {"model": [model, 0], "latent": [sampler, 0], "tiled": False}},
+        "21": {"class_type": "SaveImage", "inputs": {"images": ["20", 0], "filename_prefix": "wanflow_decode"}},
+        "22": {"class_type": "VAELoader", "inputs": {"vae_name": TINY["vae"]}},
+        "23": {"class_type": "VAEDecode", "inputs": {"samples": [sampler, 0], "vae": ["22", 0]}},
+        "24": {"class_type": "SaveImage", "inputs": {"images": ["23", 0], "filename_prefix": "core_decode"}},
+    })
+    entry = comfy.run(workflow)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    ours, core = (np.stack([np.asarray(Image.open(path), dtype=np.int16) for path in saved_files(comfy, entry, node)])
+                  for node in ("21", "24"))
+    assert ours.shape == core.shape == (9, 64, 80, 3)
+    assert np.abs(ours - core).max() <= 2  # two implementations of one VAE, rounded to 8 bits
+
+
+def test_a_model_file_not_in_the_folder_fails_validation_naming_it(comfy):
+    workflow = tiny_workflow("wan21_i2v_480p")
+    workflow[node_of(workflow, "LoadWanModel")]["inputs"]["diffusion_model"] = "wan2.1_missing.safetensors"
+    response = comfy.post_prompt(workflow)
+    assert response.status_code == 400
+    errors = response.json()["node_errors"][node_of(workflow, "LoadWanModel")]
+    assert errors["class_type"] == "LoadWanModel"
+    assert any("wan2.1_missing.safetensors" in error["details"] and "diffusion_models folder" in error["details"]
+               for error in errors["errors"])
+
+
+def test_a_wrong_file_in_a_slot_fails_with_the_model_files_message(comfy):
+    shutil.copy(comfy.models_dir / "vae" / TINY["vae"], comfy.models_dir / "diffusion_models" / "vae_by_mistake.safetensors")
+    workflow = tiny_workflow("wan21_i2v_480p")
+    workflow[node_of(workflow, "LoadWanModel")]["inputs"]["diffusion_model"] = "vae_by_mistake.safetensors"
+    entry = comfy.run(workflow)
+    assert entry["status"]["status_str"] == "error"
+    message = error_message(entry)
+    assert "vae_by_mistake.safetensors" in message and "VAE" in message and "LoadWanModel" in message
+
+
+def test_a_missing_image_fails_naming_the_node(comfy):
+    workflow = tiny_workflow("wan21_i2v_480p")
+    load_image = node_of(workflow, "LoadImage")
+    workflow[load_image]["inputs"]["image"] = "not_uploaded.png"
+    response = comfy.post_prompt(workflow)
+    assert response.status_code == 400
+    errors = response.json()["node_errors"][load_image]
+    assert errors["class_type"] == "LoadImage" and "not_uploaded.png" in json.dumps(errors["errors"])
+
+
+def test_a_lora_stack_of_four_is_refused(comfy):
+    workflow = tiny_workflow("wan21_v2v_480p_lora")
+    stack = node_of(workflow, "WanLoRAStack")
+    workflow[stack]["inputs"].update(lora_2=TINY_LORA)
+    workflow["30"] = {"class_type": "WanLoRAStack", "inputs": {**workflow[stack]["inputs"], "loras": [stack, 0]}}
+    workflow[node_of(workflow, "LoadWanModel")]["inputs"]["loras"] = ["30", 0]
+    entry = comfy.run(workflow)
+    assert entry["status"]["status_str"] == "error"
+    assert "a LoRA stack of 4" in error_message(entry) and "at most 3" in error_message(entry)
+
+
+def test_interrupt_stops_sampling_within_a_step_and_the_next_prompt_runs(comfy):
+    workflow = tiny_workflow("wan21_i2v_480p")
+    sampler = node_of(workflow, "WanI2VSampler")
+    workflow[sampler]["inputs"].update(steps=60, width=160, height=96, frames=33, seed=11)
+    messages = comfy.listen()
+    try:
+        prompt_id = comfy.queue(workflow, messages.client_id)
+        deadline = time.monotonic() + 240
+        while not [e for e in messages.of_type("progress", prompt_id) if e["node"] == sampler]:
+            assert time.monotonic() < deadline, "sampling never started"
+            time.sleep(0.05)
+        comfy.post("/interrupt", {})
+        interrupted_at = max(e["value"] for e in messages.of_type("progress", prompt_id) if e["node"] == sampler)
+        entry = comfy.wait(prompt_id)
+        steps_seen = [e["value"] for e in messages.of_type("progress", prompt_id) if e["node"] == sampler]
+    finally:
+        messages.close()
+    assert entry["status"]["status_str"] == "error"
+    assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"])
+    assert max(steps_seen) <= interrupted_at + 1 < 60
+    after = comfy.run(tiny_workflow("wan21_i2v_480p"))
+    assert after["status"]["status_str"] == "success", after["status"]
+
+
+def test_free_memory_drops_the_loaded_model(comfy):
+    workflow = tiny_workflow("wan21_i2v_480p")
+    workflow[node_of(workflow, "WanI2VSampler")]["inputs"]["seed"] = 123
+    assert comfy.run(workflow)["status"]["status_str"] == "success"
+    loads = comfy.log().count("WanFlow: loaded wan2.1_tiny_i2v")
+    comfy.post("/free", {"unload_models": True, "free_memory": True})
+    workflow[node_of(workflow, "WanI2VSampler")]["inputs"]["seed"] = 124
+    assert comfy.run(workflow)["status"]["status_str"] == "success"
+    assert comfy.log().count("WanFlow: loaded wan2.1_tiny_i2v") == loads + 1
+
+
+def test_remote_workflow_runs_against_the_provider_stand_in(comfy):
+    workflow = tiny_workflow("remote_wan_i2v")
+    entry = comfy.run(workflow)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (video,) = saved_files(comfy, entry, node_of(workflow, "SaveVideo"))
+    frames, fps = read_video(video)
+    assert frames.shape[0] == RESULT_FRAMES and fps == 16
+    (submit,) = comfy.standin.calls("submit")
+    assert "i2v-480p" in submit.path and submit.json["prompt"].startswith("A sunlit mountain valley")
+    assert FAKE_KEY not in comfy.log() and FAKE_KEY not in json.dumps(entry)
