@@ -149,3 +149,29 @@ def tiny_model_paths(cache_dir=None) -> dict[str, Path]:
     if not all(path.is_file() for path in paths.values()):
         paths = write_tiny_models(cache_dir)
     return paths
+
+
+# ---- a tiny LoRA ----------------------------------------------------------------------------------------------
+
+
+def tiny_lora_state(model: str = "i2v", rank: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A LoRA on every linear layer of the tiny model's blocks, in ComfyUI's layout (original Wan names,
+    lora_A [rank, in] / lora_B [out, rank] / alpha = rank / 2). B is random, not zero as at the start of training,
+    so that the LoRA visibly changes the model."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in tiny_transformer(model == "i2v").named_modules():
+        if name.startswith("blocks.") and isinstance(module, torch.nn.Linear):
+            wan = "diffusion_model." + transformer_key_to_wan(name + ".weight").removesuffix(".weight")
+            state[f"{wan}.lora_A.weight"] = 0.1 * torch.randn(rank, module.in_features, generator=generator)
+            state[f"{wan}.lora_B.weight"] = 0.1 * torch.randn(module.out_features, rank, generator=generator)
+            state[f"{wan}.alpha"] = torch.tensor(rank / 2)
+    return state
+
+
+def write_tiny_lora(path, model: str = "i2v", rank: int = 4, seed: int = 0) -> Path:
+    """Write tiny_lora_state(...) as a .safetensors file, like a LoRA a user drops into ComfyUI's loras folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tiny_lora_state(model, rank, seed), str(path), metadata={"format": "pt"})
+    return path
