@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
 from .loading import TOKENIZER_TENSOR, WAN_HEAD_DIM
+from .wan_names import rename, transformer_key_to_wan
 
 SEED = 2101
 TEXT_DIM, IMAGE_DIM = 64, 64
@@ -83,28 +83,6 @@ def tiny_tokenizer_model() -> bytes:
 
 # ---- diffusers names -> ComfyUI (original Wan) names ------------------------------------------------------------
 
-_TRANSFORMER_TO_WAN = [
-    (r"^condition_embedder\.time_embedder\.linear_([12])", lambda m: f"time_embedding.{2 * int(m[1]) - 2}"),
-    (r"^condition_embedder\.text_embedder\.linear_([12])", lambda m: f"text_embedding.{2 * int(m[1]) - 2}"),
-    (r"^condition_embedder\.time_proj", "time_projection.1"),
-    (r"^condition_embedder\.image_embedder\.norm1", "img_emb.proj.0"),
-    (r"^condition_embedder\.image_embedder\.ff\.net\.0\.proj", "img_emb.proj.1"),
-    (r"^condition_embedder\.image_embedder\.ff\.net\.2", "img_emb.proj.3"),
-    (r"^condition_embedder\.image_embedder\.norm2", "img_emb.proj.4"),
-    (r"^scale_shift_table", "head.modulation"),
-    (r"^proj_out", "head.head"),
-    (r"\.scale_shift_table$", ".modulation"),
-    (r"\.attn1\.", ".self_attn."),
-    (r"\.attn2\.", ".cross_attn."),
-    (r"\.to_out\.0\.", ".o."),
-    (r"\.to_([qkv])\.", r".\1."),
-    (r"\.add_([kv])_proj\.", r".\1_img."),
-    (r"\.norm_added_k\.", ".norm_k_img."),
-    (r"\.ffn\.net\.0\.proj\.", ".ffn.0."),
-    (r"\.ffn\.net\.2\.", ".ffn.2."),
-    (r"^(blocks\.\d+)\.norm([23])\.", lambda m: f"{m[1]}.norm{5 - int(m[2])}."),  # the cross-attention norm
-]
-
 _RESNET_TO_WAN = [(r"\.norm1\.", ".residual.0."), (r"\.conv1\.", ".residual.2."), (r"\.norm2\.", ".residual.3."),
                   (r"\.conv2\.", ".residual.6."), (r"\.conv_shortcut\.", ".shortcut.")]
 _VAE_TO_WAN = [
@@ -122,21 +100,11 @@ _VAE_TO_WAN = [
 ]
 
 
-def _rename(key: str, rules) -> str:
-    for pattern, replacement in rules:
-        key = re.sub(pattern, replacement, key)
-    return key
-
-
-def transformer_key_to_wan(key: str) -> str:
-    return _rename(key, _TRANSFORMER_TO_WAN)
-
-
 def vae_key_to_wan(key: str) -> str:
-    key = _rename(key, _VAE_TO_WAN)
+    key = rename(key, _VAE_TO_WAN)
     if ".RESNET." in key:
         head, tail = key.split(".RESNET.")
-        key = head + _rename("." + tail, _RESNET_TO_WAN)
+        key = head + rename("." + tail, _RESNET_TO_WAN)
     return key
 
 
@@ -181,3 +149,29 @@ def tiny_model_paths(cache_dir=None) -> dict[str, Path]:
     if not all(path.is_file() for path in paths.values()):
         paths = write_tiny_models(cache_dir)
     return paths
+
+
+# ---- a tiny LoRA ----------------------------------------------------------------------------------------------
+
+
+def tiny_lora_state(model: str = "i2v", rank: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A LoRA on every linear layer of the tiny model's blocks, in ComfyUI's layout (original Wan names,
+    lora_A [rank, in] / lora_B [out, rank] / alpha = rank / 2). B is random, not zero as at the start of training,
+    so that the LoRA visibly changes the model."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in tiny_transformer(model == "i2v").named_modules():
+        if name.startswith("blocks.") and isinstance(module, torch.nn.Linear):
+            wan = "diffusion_model." + transformer_key_to_wan(name + ".weight").removesuffix(".weight")
+            state[f"{wan}.lora_A.weight"] = 0.1 * torch.randn(rank, module.in_features, generator=generator)
+            state[f"{wan}.lora_B.weight"] = 0.1 * torch.randn(module.out_features, rank, generator=generator)
+            state[f"{wan}.alpha"] = torch.tensor(rank / 2)
+    return state
+
+
+def write_tiny_lora(path, model: str = "i2v", rank: int = 4, seed: int = 0) -> Path:
+    """Write tiny_lora_state(...) as a .safetensors file, like a LoRA a user drops into ComfyUI's loras folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tiny_lora_state(model, rank, seed), str(path), metadata={"format": "pt"})
+    return path

@@ -1,0 +1,179 @@
+"""Apply a LoRA stack to a loaded Wan model, reversibly: W' = W + sum(scale * alpha/rank * B @ A + scale * diff).
+
+The base value of every weight a stack touches is kept as a bit-exact copy on the CPU (as ComfyUI's ModelPatcher
+keeps its backup): a later stack is computed from that copy, never from an already patched weight, so switching
+stacks does not accumulate rounding, and removing the stack copies the base values back exactly. Subtracting the
+delta again would not be exact in bf16 or fp8, and re-reading the model file would need the file and its dtype
+conversion at hand. Only touched weights are copied, and their copies are dropped when no stack needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .errors import WanInputError
+from .loading import WanModels
+from .lora_formats import EXAMPLES, ModuleDelta, ParsedLora, model_module_names, parse_lora
+from .lora_sources import resolve_lora_file
+from .lora_stack import LoraEntry, LoraStack
+
+log = logging.getLogger("wanflow")
+COMPUTE_DTYPE = torch.float32  # the sum is formed in float32 whatever the storage dtype (bf16, fp16, fp8), then cast
+
+
+@dataclass
+class LoraResult:
+    """How one LoRA of the stack went."""
+
+    source: str
+    scale: float
+    applied_keys: int
+    unmatched_keys: int
+    unmatched_examples: list[str]
+    skipped_image_keys: int
+
+    def line(self) -> str:
+        text = f"{self.source} x{self.scale:g}: {self.applied_keys} keys applied"
+        if self.unmatched_keys:
+            text += f", {self.unmatched_keys} unmatched (e.g. {', '.join(self.unmatched_examples)})"
+        if self.skipped_image_keys:
+            text += f", {self.skipped_image_keys} image-to-video keys skipped"
+        return text
+
+
+@dataclass
+class LoraReport:
+    loras: list[LoraResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    patched_weights: int = 0  # parameters that now differ from the base model's
+
+    def summary(self) -> str:
+        if not self.loras:
+            return "no LoRA: base weights"
+        return "\n".join([f"{len(self.loras)} LoRA(s), {self.patched_weights} weights patched"]
+                         + [result.line() for result in self.loras])
+
+
+@dataclass
+class _PatchState:
+    backups: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter name -> its base value, on the CPU
+    signature: tuple | None = ()  # the applied stack; () is the base model, None is unknown (a failed patch)
+    report: LoraReport = field(default_factory=LoraReport)
+
+
+_STATES: weakref.WeakKeyDictionary[torch.nn.Module, _PatchState] = weakref.WeakKeyDictionary()
+
+
+def set_lora_stack(models: WanModels, stack: LoraStack | None, loras_dir: Path | None = None) -> LoraReport:
+    """Make the transformer's weights equal the base weights plus this stack (None or empty: the base weights).
+
+    Every entry is resolved, read and checked against the model before any weight changes.
+    """
+    transformer = models.transformer
+    state = _STATES.setdefault(transformer, _PatchState())
+    entries = tuple(stack or ())
+    files = [resolve_lora_file(entry, loras_dir) for entry in entries]
+    signature = tuple((str(path), path.stat().st_mtime_ns, path.stat().st_size, entry.scale)
+                      for path, entry in zip(files, entries))
+    if signature == state.signature:
+        return state.report
+    names = model_module_names(transformer)
+    parsed = [read_lora(path, _label(entry), names, models.is_i2v) for path, entry in zip(files, entries)]
+    for lora in parsed:
+        check_shapes(lora, transformer)
+    report = _report(parsed, entries)
+    state.signature = None
+    state.report = report
+    report.patched_weights = _patch(transformer, state, _contributions(parsed, entries))
+    state.signature = signature
+    return report
+
+
+def _label(entry: LoraEntry) -> str:
+    return f"{entry.source}:{entry.weight_name}" if entry.weight_name else entry.source
+
+
+def read_lora(path: Path, label: str, module_names: dict[str, str], image_model: bool) -> ParsedLora:
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            state = {key: file.get_tensor(key) for key in file.keys()}
+            metadata = file.metadata()
+    except (SafetensorError, OSError) as error:
+        raise WanInputError(f"LoRA {label!r}: {str(path)!r} is not a readable .safetensors file ({error})") from None
+    return parse_lora(state, metadata, label, module_names, image_model)
+
+
+def check_shapes(lora: ParsedLora, transformer: torch.nn.Module):
+    """Raise if a delta does not fit its layer: a LoRA for another model size (14B on 1.3B, say)."""
+    for name, delta in lora.modules.items():
+        module = transformer.get_submodule(name)
+        weight, bias = tuple(module.weight.shape), None if module.bias is None else tuple(module.bias.shape)
+        problems = []
+        if delta.has_pair and (delta.up.shape[0], math.prod(delta.down.shape[1:])) != (weight[0], math.prod(weight[1:])):
+            problems.append(f"B @ A is {delta.up.shape[0]}x{math.prod(delta.down.shape[1:])}")
+        if delta.has_pair and delta.up.shape[1] != delta.down.shape[0]:
+            problems.append(f"B has rank {delta.up.shape[1]} but A has rank {delta.down.shape[0]}")
+        if delta.diff is not None and tuple(delta.diff.shape) != weight:
+            problems.append(f"diff is {tuple(delta.diff.shape)}")
+        if delta.diff_b is not None and tuple(delta.diff_b.shape) != bias:
+            problems.append(f"diff_b is {tuple(delta.diff_b.shape)} but the bias is {bias}")
+        if problems:
+            raise WanInputError(f"LoRA {lora.label!r} does not fit this model at {name} (weight {weight}): "
+                                f"{'; '.join(problems)}; it was made for another Wan model size")
+
+
+def _report(parsed: list[ParsedLora], entries: tuple[LoraEntry, ...]) -> LoraReport:
+    report = LoraReport()
+    for lora, entry in zip(parsed, entries):
+        examples = lora.unmatched[:EXAMPLES]
+        report.loras.append(LoraResult(lora.label, entry.scale, lora.applied_keys, len(lora.unmatched), examples,
+                                       len(lora.image_only)))
+        if lora.unmatched:
+            report.warnings.append(f"LoRA {lora.label!r}: {len(lora.unmatched)} keys match no layer of this model "
+                                   f"and were not applied, e.g. {examples}")
+        if lora.image_only:
+            report.warnings.append(f"LoRA {lora.label!r} was made for the image-to-video model: its "
+                                   f"{len(lora.image_only)} image-conditioning keys (k_img, v_img, img_emb) were "
+                                   "skipped on this text-to-video model")
+    for warning in report.warnings:
+        log.warning(warning)
+    return report
+
+
+def _contributions(parsed: list[ParsedLora], entries) -> dict[str, list[tuple[float, ModuleDelta, str]]]:
+    """parameter name -> [(scale, delta, 'weight' or 'bias')], in stack order; zero scales change nothing."""
+    wanted: dict[str, list] = {}
+    for lora, entry in zip(parsed, entries):
+        if entry.scale == 0:
+            continue
+        for module, delta in lora.modules.items():
+            if delta.has_pair or delta.diff is not None:
+                wanted.setdefault(f"{module}.weight", []).append((entry.scale, delta, "weight"))
+            if delta.diff_b is not None:
+                wanted.setdefault(f"{module}.bias", []).append((entry.scale, delta, "bias"))
+    return wanted
+
+
+@torch.no_grad()
+def _patch(transformer: torch.nn.Module, state: _PatchState, wanted: dict[str, list]) -> int:
+    """Restore the weights the new stack leaves alone, then write base + deltas into the ones it changes."""
+    params = dict(transformer.named_parameters())
+    for name in [name for name in state.backups if name not in wanted]:
+        params[name].copy_(state.backups.pop(name))
+    for name, contributions in wanted.items():
+        param = params[name]
+        if name not in state.backups:
+            state.backups[name] = param.detach().to("cpu", copy=True)
+        patched = state.backups[name].to(param.device, COMPUTE_DTYPE, copy=True)  # the backup itself stays untouched
+        for scale, delta, kind in contributions:
+            change = delta.weight_delta() if kind == "weight" else delta.diff_b.to(COMPUTE_DTYPE)
+            patched += scale * change.to(param.device).reshape(param.shape)
+        param.copy_(patched.to(param.dtype))  # fp8 and other storage dtypes: cast back once, after the sum
+    return len(wanted)

@@ -1,0 +1,163 @@
+"""LoRA key formats -> one internal naming: the diffusers WanTransformer3DModel module names of the loaded model.
+
+A LoRA key is <prefix><module path>.<part>. The prefix says the trainer (see COMFYUI.md's table):
+  diffusion_model. / model.diffusion_model.   ComfyUI and the original Wan release: original Wan names
+  pipe.dit.                                   DiffSynth-Studio: original Wan names
+  lora_unet_ / lora_unet__ / lycoris_         kohya, musubi-tuner, VideoX-Fun, LyCORIS / ai-toolkit: a name with
+                                              every dot turned into an underscore
+  transformer. / base_model.model. / none     diffusers, PEFT: diffusers names (or original names under PEFT)
+The part is a low-rank pair (lora_A/lora_B, lora_down/lora_up, PEFT's lora_A.<adapter>) with an optional .alpha, or a
+full delta (.diff for the weight, .diff_b or lora_B.bias for the bias).
+
+Module names are matched against the model itself: each of its modules is known under its diffusers name, its
+original Wan name (diffusers' own convert_wan_transformer_to_diffusers is the reference for that naming, see
+wan_names.py) and both with dots turned into underscores. That is one rule for every format instead of one
+converter per trainer.
+
+Why not diffusers' LoRA converters (_convert_non_diffusers_wan_lora_to_diffusers, _convert_musubi_wan_lora_to_diffusers,
+reached through WanLoraLoaderMixin.lora_state_dict): in diffusers 0.42 they raise on any key they do not know (so
+unmatched keys could not be counted and reported), on an .alpha for text_embedding / time_embedding / head, on a
+k_img without v_img, and on a LoRA without block keys; the musubi one raises on a LoRA that trains only some of
+a block's layers; `.diff` weight deltas and norm deltas are dropped with a log line. The tests use
+WanLoraLoaderMixin.lora_state_dict as an independent reference on the layouts it does read, and diffusers'
+load_lora_weights + fuse_lora as the reference for the diffusers layout.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import WanInputError
+from .wan_names import transformer_key_to_wan
+
+PREFIXES = ("model.diffusion_model.", "diffusion_model.", "pipe.dit.", "base_model.model.", "transformer.",
+            "lora_unet__", "lora_unet_", "lycoris_")
+LOW_RANK_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_down|lora_up)(?:\.[\w-]+)?\.(?P<kind>weight|bias)$")
+DELTA_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>alpha|diff|diff_b)$")
+PART_NAMES = {"lora_A": "down", "lora_down": "down", "lora_B": "up", "lora_up": "up"}
+# Modules only the image-to-video model has: cross-attention to the CLIP image tokens and the image projection.
+IMAGE_ONLY = re.compile(r"(^|[._])(k_img|v_img|norm_k_img|img_emb|add_k_proj|add_v_proj|norm_added_k|image_embedder)"
+                        r"([._]|$)")
+PEFT_METADATA = "lora_adapter_metadata"  # what diffusers' save_lora_weights writes: the LoraConfig as JSON
+EXAMPLES = 3
+
+
+@dataclass
+class ModuleDelta:
+    """Everything one LoRA changes in one module: a low-rank pair and/or full deltas, plus the keys they came from."""
+
+    down: torch.Tensor | None = None  # A: [rank, in] (conv: [rank, in, *kernel])
+    up: torch.Tensor | None = None  # B: [out, rank]
+    alpha: float | None = None  # None: alpha = rank, the PEFT/diffusers convention
+    diff: torch.Tensor | None = None  # [out, in]: added to the weight
+    diff_b: torch.Tensor | None = None  # [out]: added to the bias
+    keys: list[str] = field(default_factory=list)
+
+    @property
+    def has_pair(self) -> bool:
+        return self.down is not None and self.up is not None
+
+    def weight_delta(self) -> torch.Tensor | None:
+        """alpha/rank * (B @ A) + diff, in float32 ([out, in] or the conv weight's shape)."""
+        delta = None
+        if self.has_pair:
+            rank = self.down.shape[0]
+            ratio = (self.alpha if self.alpha is not None else rank) / rank
+            delta = ratio * (self.up.flatten(1).float() @ self.down.flatten(1).float())  # [out, in * kernel]
+        if self.diff is not None:
+            delta = self.diff.float() if delta is None else delta.reshape(self.diff.shape) + self.diff.float()
+        return delta
+
+
+@dataclass
+class ParsedLora:
+    """One LoRA file in the model's own module names, with the keys it could not place."""
+
+    label: str
+    modules: dict[str, ModuleDelta]  # diffusers module name -> its change
+    unmatched: list[str]  # file keys that match no module of this model, or are not LoRA parts
+    image_only: list[str]  # file keys for image-to-video modules, skipped on a text-to-video model
+
+    @property
+    def applied_keys(self) -> int:
+        return sum(len(delta.keys) for delta in self.modules.values())
+
+
+def model_module_names(transformer: torch.nn.Module) -> dict[str, str]:
+    """Every name a LoRA may use for a weight-carrying module -> the module's diffusers name."""
+    names = {}
+    for name, module in transformer.named_modules():
+        if isinstance(getattr(module, "weight", None), torch.Tensor):
+            wan = transformer_key_to_wan(name + ".weight").removesuffix(".weight")
+            for alias in (name, wan):
+                names[alias] = names[alias.replace(".", "_")] = name
+    return names
+
+
+def parse_lora(state: dict[str, torch.Tensor], metadata: dict[str, str] | None, label: str,
+               module_names: dict[str, str], image_model: bool) -> ParsedLora:
+    """Group the file's keys per model module; raise if nothing in it is a LoRA key at all."""
+    modules: dict[str, ModuleDelta] = {}
+    unmatched, image_only, lora_keys = [], [], 0
+    for key, tensor in state.items():
+        match = LOW_RANK_KEY.match(key) or DELTA_KEY.match(key)
+        if match is None:
+            unmatched.append(key)
+            continue
+        lora_keys += 1
+        module = module_names.get(_strip_prefix(match["module"]))
+        if module is None:
+            (image_only if not image_model and IMAGE_ONLY.search(match["module"]) else unmatched).append(key)
+            continue
+        if not _add_part(modules.setdefault(module, ModuleDelta()), match, key, tensor):
+            unmatched.append(key)
+    if not lora_keys:
+        raise WanInputError(f"LoRA {label!r} has no LoRA keys (lora_A/lora_B, lora_down/lora_up, diff): "
+                            f"it holds {len(state)} tensors such as {list(state)[:EXAMPLES]}")
+    _apply_peft_alpha(modules, metadata)
+    for name in [name for name, delta in modules.items() if not (delta.has_pair or delta.diff is not None
+                                                                  or delta.diff_b is not None)]:
+        unmatched.extend(modules.pop(name).keys)  # half a pair, or an alpha alone: nothing to apply
+    if not modules and not image_only:
+        raise WanInputError(f"LoRA {label!r} matches no layer of this Wan 2.1 model (made for another model?): "
+                            f"its keys look like {unmatched[:EXAMPLES]}")
+    return ParsedLora(label, modules, unmatched, image_only)
+
+
+def _strip_prefix(module: str) -> str:
+    for prefix in PREFIXES:
+        if module.startswith(prefix):
+            return module[len(prefix):]
+    return module
+
+
+def _add_part(delta: ModuleDelta, match: re.Match, key: str, tensor: torch.Tensor) -> bool:
+    """Store one key's tensor in its module's delta; False for a part no trainer writes (e.g. lora_A.bias)."""
+    part, kind = match["part"], match.groupdict().get("kind")
+    if part == "alpha":
+        delta.alpha = float(tensor.item())
+    elif part == "diff_b" or (part == "lora_B" and kind == "bias"):  # diffusers stores a bias delta as lora_B.bias
+        delta.diff_b = tensor
+    elif part == "diff":
+        delta.diff = tensor
+    elif kind == "weight":
+        setattr(delta, PART_NAMES[part], tensor)
+    else:
+        return False
+    delta.keys.append(key)
+    return True
+
+
+def _apply_peft_alpha(modules: dict[str, ModuleDelta], metadata: dict[str, str] | None):
+    """diffusers/PEFT files keep alpha in the LoraConfig saved as metadata, not per module."""
+    config = json.loads((metadata or {}).get(PEFT_METADATA) or "{}")
+    alpha = config.get("transformer.lora_alpha", config.get("lora_alpha"))
+    if alpha is None:
+        return
+    for delta in modules.values():
+        if delta.alpha is None:
+            delta.alpha = float(alpha)
