@@ -122,6 +122,10 @@ class WanModel:
         report = set_lora_stack(self.loaded.models, self.loras)
         if self.loras:
             log.info("WanFlow: %s", report.summary())
+        return self.on_device()
+
+    def on_device(self):
+        """The WanModels on ComfyUI's compute device, LoRAs as they are (decoding does not involve them)."""
         comfy.model_management.load_models_gpu([self.loaded.patcher], force_full_load=True)
         return self.loaded.models
 
