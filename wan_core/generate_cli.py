@@ -47,7 +47,7 @@ def add_parsers(subparsers):
     v2v.add_argument("--strength", type=float, default=0.9, help="0.1-1.0: how much of the source is re-imagined")
     _add_common(v2v)
     v2v.set_defaults(run=run_v2v)
-    tiny = subparsers.add_parser("tiny-models", help="write the tiny model files into a ComfyUI models folder")
+    tiny = subparsers.add_parser("tiny-models", help="write the tiny model files and LoRAs into a ComfyUI models folder")
     tiny.add_argument("--models-dir", required=True)
     tiny.set_defaults(run=run_tiny_models)
 
@@ -111,8 +111,10 @@ def run_v2v(args) -> int:
 
 
 def run_tiny_models(args) -> int:
-    from .tiny import write_tiny_models
+    from .tiny import TINY_LORA_FILES, write_tiny_lora, write_tiny_models
 
-    for path in write_tiny_models(args.models_dir).values():
+    paths = list(write_tiny_models(args.models_dir).values())
+    paths += [write_tiny_lora(Path(args.models_dir) / name, model) for model, name in TINY_LORA_FILES.items()]
+    for path in paths:
         print(path)
     return 0

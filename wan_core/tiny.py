@@ -28,6 +28,7 @@ TINY_FILES = {
     "text_encoder": ("text_encoders", "umt5_tiny.safetensors"),
     "clip_vision": ("clip_vision", "clip_vision_tiny.safetensors"),
 }
+TINY_LORA_FILES = {"i2v": "loras/wan21_tiny_i2v_lora.safetensors", "t2v": "loras/wan21_tiny_t2v_lora.safetensors"}
 # Text the tiny tokenizer learns its pieces from: prompt words in English and Chinese, like Wan's own prompts.
 TOKENIZER_CORPUS = """a cat walks on the grass in the sun, the camera pans slowly to the left
 a woman smiles and turns her head, soft light, cinematic, high quality, detailed
