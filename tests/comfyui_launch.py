@@ -2,7 +2,8 @@
 
 PyPI has only CUDA builds of torchvision, whose compiled operators cannot load next to the CPU torch. ComfyUI
 imports torchvision at start-up; its Python parts import once the two operator schemas it registers fake kernels
-for (`nms`, `qnms`) exist. Test-machine plumbing only: a user's ComfyUI has a matching torchvision.
+for (`nms`, `qnms`) exist. The tests install it in a folder of its own on PYTHONPATH (comfyui_server.py).
+Test-machine plumbing only: a user's ComfyUI has a matching torchvision.
 """
 
 import runpy

