@@ -42,26 +42,61 @@ class Checkpoint:
 
 
 class SafetensorsFile(Checkpoint):
-    """A memory-mapped safetensors file: its keys and shapes without reading data, then tensors one at a time."""
+    """A safetensors file: keys and shapes from its header, then each tensor read once into a fresh buffer.
+
+    safetensors' own reader validates the file (header, sizes, truncation) and gives the shapes. Tensor data is
+    then read with plain positioned reads into a newly allocated tensor instead of returned as a view of
+    safetensors' memory map: a mapped page that has been touched counts as resident memory for as long as the
+    map lives, which would double the peak while loading; and a fresh allocation is aligned the same way
+    whatever the file's layout, so the same weights give bit-identical outputs from every layout.
+    """
 
     def __init__(self, path, role: str):
         self.path, self.role = Path(path), role
         if not self.path.is_file():
             raise WanInputError(f"{role} file {str(self.path)!r}: no such file")
         try:
-            self._file = safe_open(str(self.path), framework="pt")
-            self.shapes = {key: tuple(self._file.get_slice(key).get_shape()) for key in self._file.keys()}
-        except (SafetensorError, OSError, ValueError) as error:
+            with safe_open(str(self.path), framework="pt") as checked:
+                self.shapes = {key: tuple(checked.get_slice(key).get_shape()) for key in checked.keys()}
+            self._entries, self._data_start = _read_header(self.path)
+        except (SafetensorError, OSError, ValueError, KeyError) as error:
             raise WanInputError(
                 f"{role} file {str(self.path)!r} is not a readable safetensors file ({error}); "
                 "give a .safetensors file such as ComfyUI's repackaged Wan 2.1 files"
             ) from None
 
     def tensor(self, key: str) -> torch.Tensor:
+        entry = self._entries[key]
+        begin, end = entry["data_offsets"]
+        tensor = torch.empty(self.shapes[key], dtype=SAFETENSORS_DTYPES[entry["dtype"]])
+        buffer = tensor.view(-1).view(torch.uint8).numpy() if tensor.numel() else None
+        if buffer is None:
+            return tensor
         try:
-            return self._file.get_tensor(key)
-        except (SafetensorError, OSError) as error:
-            self.fail(f"is truncated or corrupt at {key!r}: {error}")
+            with open(self.path, "rb", buffering=0) as file:
+                file.seek(self._data_start + begin)
+                read = file.readinto(memoryview(buffer))
+        except OSError as error:
+            self.fail(f"could not be read at {key!r}: {error}")
+        if read != end - begin:
+            self.fail(f"is truncated or corrupt at {key!r}: {read} of {end - begin} bytes")
+        return tensor
+
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    """The safetensors header (an 8-byte little-endian length, then JSON): {key: entry}, data start offset."""
+    with open(path, "rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(length))
+    header.pop("__metadata__", None)
+    return header, 8 + length
 
 
 class ShardedSafetensors(Checkpoint):
@@ -103,7 +138,8 @@ class TorchPickleFile(Checkpoint):
         self.shapes = {key: tuple(value.shape) for key, value in self._state.items()}
 
     def tensor(self, key: str) -> torch.Tensor:
-        return self._state[key]
+        # a fresh, aligned copy: the mapped file stays read-only and the layout cannot change the numbers
+        return self._state[key].clone()
 
 
 def _shards_for(path: Path, role: str) -> list[Path] | None:

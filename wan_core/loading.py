@@ -79,7 +79,7 @@ def _describe_component(shapes: dict) -> str:
         return "a Wan VAE"
     if "encoder.block.0.layer.0.SelfAttention" in keys or is_wan_t5(shapes):
         return "a UMT5 text encoder"
-    if "vision_model.embeddings" in keys:
+    if "embeddings.class_embedding" in keys and "encoder.layers.0" in keys:  # with or without vision_model.
         return "a CLIP vision encoder"
     if "visual.transformer.0.attn.to_qkv" in keys or "visual.transformer.resblocks.0" in keys:
         return "an open-clip CLIP model"
@@ -214,10 +214,11 @@ def load_clip_vision(path, dtype=torch.float32) -> tuple[CLIPVisionModel, CLIPIm
                         "use ComfyUI's clip_vision/clip_vision_h.safetensors (the same ViT-H/14 weights) or a "
                         "diffusers folder's image_encoder/")
     _require_component(checkpoint, "a CLIP vision encoder")
-    config = clip_vision_config(checkpoint.shapes)
-    # transformers 5 names the vision tower's weights without the "vision_model." prefix that the files carry
-    names = {name: key for key in checkpoint.shapes if key.startswith("vision_model.")
-             for name in (key, key.removeprefix("vision_model."))}
+    # ComfyUI's and older diffusers' files name the tower "vision_model.*"; transformers 5 saves (and names its
+    # parameters) without that prefix. Accept either and offer both names to the module.
+    plain = {key.removeprefix("vision_model."): key for key in checkpoint.shapes}
+    config = clip_vision_config({"vision_model." + name: checkpoint.shapes[key] for name, key in plain.items()})
+    names = {name: key for plain_name, key in plain.items() for name in (plain_name, "vision_model." + plain_name)}
     model = _materialise(CLIPVisionModel, config, checkpoint, names, dtype)
     processor = CLIPImageProcessorPil(
         size={"shortest_edge": config.image_size}, crop_size={"height": config.image_size, "width": config.image_size},
