@@ -1,8 +1,10 @@
 """A Hugging Face hub stand-in on 127.0.0.1: enough of the protocol for hf_hub_download / get_hf_file_metadata.
 
 `HEAD /{repo}/resolve/{revision}/{path}` answers X-Repo-Commit, ETag and Content-Length; `GET` the same with an
-optional `Range: bytes=N-` (206 Partial Content). `cut_after[path] = n` makes the first GET of that path send
-the full Content-Length but only n bytes and then drop the connection, as a broken transfer does.
+optional `Range: bytes=N-` (206 Partial Content). `cut_after[path] = n` makes the next GET of that path send
+the full Content-Length but only n bytes and then drop the connection, as a broken transfer does; paths in
+`unavailable` answer GETs with 503 (the network went away); with `unavailable_after_cut` a cut path joins
+them, so a test can end a run mid-file.
 Every request is logged as (method, path, Range header). A context manager: the server stops on exit.
 """
 
@@ -21,6 +23,8 @@ class HubStandIn:
     def __init__(self, files: dict[tuple[str, str], bytes]):
         self.files = dict(files)
         self.cut_after: dict[str, int] = {}
+        self.unavailable: set[str] = set()
+        self.unavailable_after_cut = False
         self.log: list[tuple[str, str, str | None]] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -74,11 +78,18 @@ class HubStandIn:
                 match, data = self._lookup()
                 if data is None:
                     return
+                if match["path"] in hub.unavailable:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 ranged = re.match(r"bytes=(\d+)-$", self.headers.get("Range") or "")
                 start = int(ranged[1]) if ranged else 0
                 self._headers(data, 206 if ranged else 200, start)
                 cut = hub.cut_after.pop(match["path"], None)
                 if cut is not None:
+                    if hub.unavailable_after_cut:
+                        hub.unavailable.add(match["path"])
                     self.wfile.write(data[start:start + cut])
                     self.wfile.flush()
                     self.close_connection = True
