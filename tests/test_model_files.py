@@ -339,3 +339,25 @@ def test_loading_every_layout_changes_nothing_on_disk(diffusers_folder, wan_rele
                     tokenizer=files.tokenizer, weight_storage="fp8")
     after = file_hashes(diffusers_folder) | file_hashes(wan_release_folder) | file_hashes(tiny_cache)
     assert before == after
+
+
+def test_command_line_models_dir_with_fp8_storage(tmp_path, tiny_paths, tiny_cache):
+    from wan_core.cli import main
+    from wan_core.video_io import read_video
+
+    for component, name in [("i2v", "diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors"),
+                            ("vae", "vae/wan_2.1_vae.safetensors"),
+                            ("text_encoder", "text_encoders/umt5_xxl_fp16.safetensors"),
+                            ("clip_vision", "clip_vision/clip_vision_h.safetensors")]:
+        (tmp_path / "models" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "models" / name).symlink_to(tiny_paths[component])
+    image = Path(__file__).resolve().parents[1] / "examples" / "first_frame.png"
+    common = ["i2v", "--image", str(image), "--prompt", "a valley", "--size", "64*64", "--frames", "5",
+              "--steps", "2", "--seed", "9", "--device", "cpu"]
+    assert main([*common, "--models-dir", str(tmp_path / "models"), "--out", str(tmp_path / "dir.mp4")]) == 0
+    assert main([*common, "--model", "tiny", "--out", str(tmp_path / "tiny.mp4")]) == 0
+    assert torch.equal(read_video(tmp_path / "dir.mp4")[0], read_video(tmp_path / "tiny.mp4")[0])
+    assert main([*common, "--models-dir", str(tmp_path / "models"), "--weight-storage", "fp8",
+                 "--out", str(tmp_path / "fp8.mp4")]) == 0
+    assert read_video(tmp_path / "fp8.mp4")[0].shape == read_video(tmp_path / "dir.mp4")[0].shape
+    assert main([*common, "--models-dir", str(tmp_path), "--out", str(tmp_path / "x.mp4")]) == 2  # no layout
