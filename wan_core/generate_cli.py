@@ -12,15 +12,23 @@ from tqdm import tqdm
 
 from .errors import WanInputError
 from .params import SAMPLER_NAMES, SamplingParams, frame_count, parse_size, source_frame_count
+from .precision import WEIGHT_STORAGES
 from .video_io import DEFAULT_FPS, read_image, read_video, write_video
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _add_common(parser: argparse.ArgumentParser):
-    parser.add_argument("--model", help="'tiny' (no weights needed) or a ComfyUI models folder")
+    folder = parser.add_mutually_exclusive_group()
+    folder.add_argument("--model", help="'tiny' (no weights needed) or a model folder (same as --models-dir)")
+    folder.add_argument("--models-dir", dest="model", metavar="DIR",
+                        help="a ComfyUI models folder (standard file names), a diffusers folder or the Wan-AI release")
     for name in ("diffusion-model", "vae", "text-encoder", "clip-vision"):
-        parser.add_argument(f"--{name}", help=f"{name.replace('-', ' ')} file (overrides --model's)")
+        parser.add_argument(f"--{name}", help=f"{name.replace('-', ' ')} file or folder; in a ComfyUI models folder "
+                                              "a bare file name (overrides the folder's default)")
+    parser.add_argument("--tokenizer", help="tokenizer folder, for text encoder files that embed none")
+    parser.add_argument("--weight-storage", choices=WEIGHT_STORAGES, default="compute",
+                        help="fp8: keep the diffusion model's weights in float8_e4m3fn, upcast per layer")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", help="default: Wan 2.1's official negative prompt")
     parser.add_argument("--size", default="832*480", help="W*H, multiples of 16 from 64 to 1920 (default 832*480)")
@@ -75,10 +83,12 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     from .model_files import resolve_model_files
 
     out = _output_path(args.out)
-    files = resolve_model_files(args.model, task, args.diffusion_model, args.vae, args.text_encoder, args.clip_vision)
+    files = resolve_model_files(args.model, task, args.diffusion_model, args.vae, args.text_encoder, args.clip_vision,
+                                tokenizer=args.tokenizer)
     started = time.perf_counter()
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
-    models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, args.device)
+    models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, args.device,
+                         weight_storage=args.weight_storage, tokenizer=files.tokenizer)
     print(f"seed: {params.seed}", file=sys.stderr)
     with tqdm(total=params.steps, desc="sampling", unit="step", file=sys.stderr) as bar:
         def progress(step, total, _preview):

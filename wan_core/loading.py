@@ -8,7 +8,7 @@ weights, and materialise each tensor once in its final dtype.
 from __future__ import annotations
 
 import math
-import tempfile
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,41 +16,21 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
-from safetensors import SafetensorError, safe_open
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
 
+from .checkpoint import Checkpoint, SafetensorsFile, open_checkpoint
 from .errors import WanInputError
+from .t5_names import is_wan_t5, wan_t5_names
+from .precision import check_weight_storage, prepare_fp8_storage, to_storage
+from .tokenizer import TOKENIZER_TENSOR, load_tokenizer
 
 COMFY_PREFIX = "model.diffusion_model."
 WAN_HEAD_DIM = 128  # every Wan 2.1 transformer uses 128-wide attention heads; heads = width / 128
 CLIP_HEADS_BY_WIDTH = {1280: 16, 1024: 16, 768: 12}  # ViT-H/14, ViT-L/14, ViT-B; else 64-wide heads
-TOKENIZER_TENSOR = "spiece_model"  # ComfyUI's text encoder files embed the sentencepiece model under this key
 
 
-class CheckpointFile:
-    """A memory-mapped safetensors file: its keys and shapes without reading data, then tensors one at a time."""
-
-    def __init__(self, path, role: str):
-        self.path, self.role = Path(path), role
-        if not self.path.is_file():
-            raise WanInputError(f"{role} file {str(self.path)!r}: no such file")
-        try:
-            self._file = safe_open(str(self.path), framework="pt")
-            self.shapes = {key: tuple(self._file.get_slice(key).get_shape()) for key in self._file.keys()}
-        except (SafetensorError, OSError, ValueError) as error:
-            raise WanInputError(
-                f"{role} file {str(self.path)!r} is not a readable safetensors file ({error}); "
-                "give a .safetensors file such as ComfyUI's repackaged Wan 2.1 files"
-            ) from None
-
-    def tensor(self, key: str) -> torch.Tensor:
-        try:
-            return self._file.get_tensor(key)
-        except (SafetensorError, OSError) as error:
-            raise WanInputError(f"{self.role} file {str(self.path)!r} is truncated or corrupt at {key!r}: {error}") from None
-
-    def fail(self, message: str):
-        raise WanInputError(f"{self.role} file {str(self.path)!r} {message}")
+# Kept under its old name: callers (nodes, tests) built a CheckpointFile for a single safetensors file.
+CheckpointFile = SafetensorsFile
 
 
 def _key_map(converter, keys) -> dict[str, str]:
@@ -58,19 +38,34 @@ def _key_map(converter, keys) -> dict[str, str]:
     return converter({key: key for key in keys})
 
 
-def _materialise(module_class, config, checkpoint: CheckpointFile, names: dict[str, str], dtype, keep_fp32=()):
-    """Build the module with empty weights, then load each tensor once, cast to its final dtype."""
+def _materialise(module_class, config, checkpoint: Checkpoint, names: dict[str, str], dtype, keep_fp32=(),
+                 prepare=None):
+    """Build the module with empty weights, then load each tensor once, cast to its final dtype.
+
+    `prepare(empty_module)` may change parameter dtypes before any data exists (fp8 storage does); a parameter
+    left in float8 by it is read straight into fp8, every other one into `dtype` (float32 for keep_fp32 modules).
+    """
     with init_empty_weights(include_buffers=False):
         module = module_class(config) if not isinstance(config, dict) else module_class(**config)
-    expected = {name for name, _ in module.named_parameters()}
-    missing = sorted(expected - names.keys())
+    if prepare is not None:
+        prepare(module)
+    expected = dict(module.named_parameters())
+    missing = sorted(expected.keys() - names.keys())
     if missing:
         checkpoint.fail(f"lacks {len(missing)} weights this {checkpoint.role} needs, e.g. {missing[:3]}")
     state = {}
-    for name in expected:
+    for name, empty in expected.items():
+        if empty.dtype.is_floating_point and empty.dtype.itemsize == 1:
+            wanted = empty.dtype
+        elif any(part in name.split(".") for part in keep_fp32):
+            wanted = torch.float32
+        else:
+            wanted = dtype
         tensor = checkpoint.tensor(names[name])
-        wanted = torch.float32 if any(part in name.split(".") for part in keep_fp32) else dtype
-        state[name] = tensor.to(wanted)
+        if tuple(tensor.shape) != tuple(empty.shape):
+            checkpoint.fail(f"has {names[name]!r} of shape {tuple(tensor.shape)} where the architecture read from "
+                            f"its other shapes needs {tuple(empty.shape)}")
+        state[name] = to_storage(tensor, wanted)
     try:
         module.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as error:
@@ -82,16 +77,18 @@ def _describe_component(shapes: dict) -> str:
     keys = "\n".join(shapes)
     if "decoder.middle.0.residual.0.gamma" in keys or "decoder.mid_block" in keys:
         return "a Wan VAE"
-    if "encoder.block.0.layer.0.SelfAttention" in keys:
+    if "encoder.block.0.layer.0.SelfAttention" in keys or is_wan_t5(shapes):
         return "a UMT5 text encoder"
-    if "vision_model.embeddings" in keys:
+    if "embeddings.class_embedding" in keys and "encoder.layers.0" in keys:  # with or without vision_model.
         return "a CLIP vision encoder"
+    if "visual.transformer.0.attn.to_qkv" in keys or "visual.transformer.resblocks.0" in keys:
+        return "an open-clip CLIP model"
     if "head.modulation" in keys or "scale_shift_table" in keys:
         return "a Wan diffusion model"
     return "not a Wan 2.1 component"
 
 
-def _require_component(checkpoint: CheckpointFile, expected: str):
+def _require_component(checkpoint: Checkpoint, expected: str):
     found = _describe_component(checkpoint.shapes)
     if found != expected:
         checkpoint.fail(f"is {found}, not {expected}: put it in the matching slot")
@@ -124,8 +121,11 @@ def transformer_config(shapes: dict[str, tuple]) -> dict:
     return config
 
 
-def load_transformer(path, dtype=torch.float32) -> WanTransformer3DModel:
-    checkpoint = CheckpointFile(path, "diffusion model")
+def load_transformer(path, dtype=torch.float32, weight_storage: str | None = None) -> WanTransformer3DModel:
+    """The diffusion model from a file or folder in any supported layout; weight_storage "fp8" keeps its
+    Linear/Conv weights in float8_e4m3fn, upcast to `dtype` one layer at a time (see precision.py)."""
+    storage = check_weight_storage(weight_storage)
+    checkpoint = open_checkpoint(path, "diffusion model")
     _require_component(checkpoint, "a Wan diffusion model")
     keys = [key.removeprefix(COMFY_PREFIX) for key in checkpoint.shapes]
     if "head.modulation" in keys:  # original Wan names (ComfyUI repackaged, Wan-AI release)
@@ -135,7 +135,8 @@ def load_transformer(path, dtype=torch.float32) -> WanTransformer3DModel:
         names = {key: key for key in checkpoint.shapes}
     config = transformer_config({new: checkpoint.shapes[old] for new, old in names.items()})
     keep_fp32 = WanTransformer3DModel._keep_in_fp32_modules or ()
-    return _materialise(WanTransformer3DModel, config, checkpoint, names, dtype, keep_fp32)
+    prepare = (lambda module: prepare_fp8_storage(module, dtype)) if storage == "fp8" else None
+    return _materialise(WanTransformer3DModel, config, checkpoint, names, dtype, keep_fp32, prepare)
 
 
 # ---- VAE -------------------------------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ def vae_config(shapes: dict[str, tuple]) -> dict:
 
 
 def load_vae(path, dtype=torch.float32) -> AutoencoderKLWan:
-    checkpoint = CheckpointFile(path, "VAE")
+    checkpoint = open_checkpoint(path, "VAE")
     _require_component(checkpoint, "a Wan VAE")
     if "decoder.middle.0.residual.0.gamma" in checkpoint.shapes:
         names = _key_map(convert_wan_vae_to_diffusers, checkpoint.shapes)
@@ -172,30 +173,21 @@ def umt5_config(shapes: dict[str, tuple]) -> UMT5Config:
     )
 
 
-def load_tokenizer(checkpoint: CheckpointFile) -> T5Tokenizer:
-    """The sentencepiece tokenizer embedded in the text encoder file, else a tokenizer folder beside it."""
-    beside = checkpoint.path.parent / "tokenizer"
-    if TOKENIZER_TENSOR in checkpoint.shapes:
-        with tempfile.TemporaryDirectory() as folder:
-            checkpoint.tensor(TOKENIZER_TENSOR).numpy().tofile(Path(folder) / "spiece.model")
-            return T5Tokenizer.from_pretrained(folder, extra_ids=0)
-    if (beside / "spiece.model").is_file() or (beside / "tokenizer.json").is_file():
-        return T5Tokenizer.from_pretrained(str(beside))
-    checkpoint.fail(
-        f"carries no tokenizer ({TOKENIZER_TENSOR!r} tensor) and there is no tokenizer folder at {str(beside)!r}: "
-        "use ComfyUI's umt5_xxl text encoder file, or put google/umt5-xxl's tokenizer files there"
-    )
-
-
-def load_text_encoder(path, dtype=torch.float32) -> tuple[UMT5EncoderModel, T5Tokenizer]:
-    checkpoint = CheckpointFile(path, "text encoder")
+def load_text_encoder(path, dtype=torch.float32, tokenizer_dir=None) -> tuple[UMT5EncoderModel, T5Tokenizer]:
+    """UMT5 under transformers' names (ComfyUI, diffusers) or Wan's own (the release's .pth), plus its tokenizer."""
+    checkpoint = open_checkpoint(path, "text encoder")
     _require_component(checkpoint, "a UMT5 text encoder")
-    names = {key: key for key in checkpoint.shapes if key != TOKENIZER_TENSOR}
-    embedding = "shared.weight" if "shared.weight" in names else "encoder.embed_tokens.weight"
-    names["shared.weight"] = names["encoder.embed_tokens.weight"] = embedding
-    model = _materialise(UMT5EncoderModel, umt5_config(checkpoint.shapes), checkpoint, names, dtype)
+    if is_wan_t5(checkpoint.shapes):
+        names = wan_t5_names(checkpoint.shapes)
+    else:
+        names = {key: key for key in checkpoint.shapes if key != TOKENIZER_TENSOR}
+        embedding = "shared.weight" if "shared.weight" in names else "encoder.embed_tokens.weight"
+        names["shared.weight"] = names["encoder.embed_tokens.weight"] = embedding
+    tokenizer = load_tokenizer(checkpoint, tokenizer_dir)  # before the weights: a missing tokenizer fails fast
+    config = umt5_config({new: checkpoint.shapes[old] for new, old in names.items()})
+    model = _materialise(UMT5EncoderModel, config, checkpoint, names, dtype)
     model.set_input_embeddings(model.shared)
-    return model, load_tokenizer(checkpoint)
+    return model, tokenizer
 
 
 # ---- CLIP vision -----------------------------------------------------------------------------------------------
@@ -214,12 +206,19 @@ def clip_vision_config(shapes: dict[str, tuple]) -> CLIPVisionConfig:
 
 
 def load_clip_vision(path, dtype=torch.float32) -> tuple[CLIPVisionModel, CLIPImageProcessorPil]:
-    checkpoint = CheckpointFile(path, "CLIP vision")
+    checkpoint = open_checkpoint(path, "CLIP vision")
+    if _describe_component(checkpoint.shapes) == "an open-clip CLIP model":
+        # The Wan-AI release's models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth uses Wan's own open-clip
+        # module names with fused qkv projections, next to an XLM-RoBERTa text tower we have no use for.
+        checkpoint.fail("is the original open-clip CLIP file (Wan's own names), which this loader does not read: "
+                        "use ComfyUI's clip_vision/clip_vision_h.safetensors (the same ViT-H/14 weights) or a "
+                        "diffusers folder's image_encoder/")
     _require_component(checkpoint, "a CLIP vision encoder")
-    config = clip_vision_config(checkpoint.shapes)
-    # transformers 5 names the vision tower's weights without the "vision_model." prefix that the files carry
-    names = {name: key for key in checkpoint.shapes if key.startswith("vision_model.")
-             for name in (key, key.removeprefix("vision_model."))}
+    # ComfyUI's and older diffusers' files name the tower "vision_model.*"; transformers 5 saves (and names its
+    # parameters) without that prefix. Accept either and offer both names to the module.
+    plain = {key.removeprefix("vision_model."): key for key in checkpoint.shapes}
+    config = clip_vision_config({"vision_model." + name: checkpoint.shapes[key] for name, key in plain.items()})
+    names = {name: key for plain_name, key in plain.items() for name in (plain_name, "vision_model." + plain_name)}
     model = _materialise(CLIPVisionModel, config, checkpoint, names, dtype)
     processor = CLIPImageProcessorPil(
         size={"shortest_edge": config.image_size}, crop_size={"height": config.image_size, "width": config.image_size},
@@ -252,6 +251,7 @@ class WanModels:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The compute dtype (the patch embedding is never stored in fp8)."""
         return self.transformer.patch_embedding.weight.dtype
 
     def check_compatible(self):
@@ -274,10 +274,17 @@ class WanModels:
                 )
 
 
-def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torch.float32, device="cpu") -> WanModels:
-    """Load the four files (clip_vision only matters for image-to-video models) and check they fit together."""
-    transformer = load_transformer(diffusion_model, dtype).to(device)
-    encoder, tokenizer = load_text_encoder(text_encoder, dtype)
+def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torch.float32, device="cpu", *,
+                weight_storage: str | None = None, tokenizer=None) -> WanModels:
+    """Load the four components (clip_vision only matters for image-to-video models) and check they fit together.
+
+    Each of them may be a file or a folder in any supported layout (see checkpoint.py). `dtype` is the compute
+    dtype; weight_storage="fp8" keeps the transformer's weights in float8_e4m3fn, upcast per layer. `tokenizer`
+    is a tokenizer folder for text encoder files that carry none (see tokenizer.py for where else it looks).
+    """
+    check_weight_storage(weight_storage)
+    transformer = load_transformer(diffusion_model, dtype, weight_storage).to(device)
+    encoder, tokenizer = load_text_encoder(text_encoder, dtype, tokenizer)
     models = WanModels(transformer, load_vae(vae, dtype).to(device), encoder.to(device), tokenizer)
     if clip_vision is not None and transformer.config.image_dim is not None:
         models.image_encoder, models.image_processor = load_clip_vision(clip_vision, dtype)

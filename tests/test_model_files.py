@@ -1,0 +1,363 @@
+"""Every layout and precision a Wan user may have loads to the same model; broken input is named before sampling.
+
+Layouts are written by the libraries that define them where one exists (diffusers' and transformers'
+save_pretrained, huggingface_hub's sharded writer, torch.save), from the tiny model's ComfyUI files.
+
+fp8 tolerance (also in README.md): an fp8 file's weights must equal the formula exactly (plain: the fp8 value;
+scaled: fp8 * scale_weight in float32), which lies within one fp8 rounding step of the original weight; the
+transformer's output may then differ from the full-precision file's by at most 10% relative L2 error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import hf_hub_download, save_torch_state_dict
+from safetensors.torch import load_file, save_file
+
+from wan_core.errors import WanInputError
+from wan_core.loading import load_clip_vision, load_models, load_text_encoder, load_transformer
+from wan_core.model_files import resolve_model_files
+from wan_core.params import SamplingParams
+from wan_core.pipeline import generate_i2v
+from wan_core.tiny import tiny_tokenizer_model
+
+from hub_standin import HubStandIn
+
+FP8 = torch.float8_e4m3fn
+FP8_OUTPUT_TOLERANCE = 0.10  # relative L2 error of the transformer output, fp8 file or fp8 storage vs fp32
+# Wan's own T5 module names (wan/modules/t5.py) for transformers' UMT5 names, written out independently here.
+WAN_T5_NAMES = {"layer.0.layer_norm": "norm1", "layer.0.SelfAttention.q": "attn.q", "layer.0.SelfAttention.k": "attn.k",
+                "layer.0.SelfAttention.v": "attn.v", "layer.0.SelfAttention.o": "attn.o",
+                "layer.0.SelfAttention.relative_attention_bias": "pos_embedding.embedding",
+                "layer.1.layer_norm": "norm2", "layer.1.DenseReluDense.wi_0": "ffn.gate.0",
+                "layer.1.DenseReluDense.wi_1": "ffn.fc1", "layer.1.DenseReluDense.wo": "ffn.fc2"}
+
+
+def to_wan_t5(state: dict) -> dict:
+    out = {}
+    for key, value in state.items():
+        if key in ("shared.weight", "encoder.embed_tokens.weight"):
+            out["token_embedding.weight"] = value
+        elif key == "encoder.final_layer_norm.weight":
+            out["norm.weight"] = value
+        else:
+            _, _, index, rest = key.split(".", 3)
+            out[f"blocks.{index}.{WAN_T5_NAMES[rest.removesuffix('.weight')]}.weight"] = value
+    return out
+
+
+def file_hashes(root: Path) -> dict:
+    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def transformer_output(transformer) -> torch.Tensor:
+    """One forward pass on fixed inputs, in the model's compute dtype."""
+    generator = torch.Generator().manual_seed(7)
+    dtype = transformer.patch_embedding.weight.dtype
+    config = transformer.config
+    inputs = dict(hidden_states=torch.randn(1, config.in_channels, 2, 8, 8, generator=generator),
+                  timestep=torch.tensor([700.0]), encoder_hidden_states=torch.randn(1, 6, config.text_dim,
+                                                                                     generator=generator))
+    if config.image_dim:
+        inputs["encoder_hidden_states_image"] = torch.randn(1, 5, config.image_dim, generator=generator)
+    inputs = {k: v.to(dtype) if v.is_floating_point() and k != "timestep" else v for k, v in inputs.items()}
+    with torch.no_grad():
+        return transformer(**inputs, return_dict=False)[0].float()
+
+
+def relative_error(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def assert_same_weights(module, reference):
+    got, want = module.state_dict(), reference.state_dict()
+    assert got.keys() == want.keys()
+    different = [k for k in want if got[k].dtype != want[k].dtype or not torch.equal(got[k], want[k])]
+    assert not different, different[:5]
+
+
+SMALL = dict(prompt="a cat walks", width=64, height=64, num_frames=5, steps=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def reference_latents(tiny_i2v, image):
+    return generate_i2v(tiny_i2v, image, SamplingParams(**SMALL)).latents
+
+
+# ---- layouts ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def diffusers_folder(tmp_path_factory, tiny_i2v):
+    """A diffusers pipeline folder written by diffusers' and transformers' own save_pretrained, sharded."""
+    root = tmp_path_factory.mktemp("layouts") / "Wan2.1-I2V-tiny-Diffusers"
+    tiny_i2v.transformer.save_pretrained(root / "transformer", max_shard_size="400KB")
+    tiny_i2v.vae.save_pretrained(root / "vae")
+    tiny_i2v.text_encoder.save_pretrained(root / "text_encoder", max_shard_size="100KB")
+    tiny_i2v.tokenizer.save_pretrained(root / "tokenizer")
+    tiny_i2v.image_encoder.save_pretrained(root / "image_encoder")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "WanImageToVideoPipeline"}))
+    assert len(list((root / "transformer").glob("diffusion_pytorch_model-*-of-*.safetensors"))) > 1
+    assert len(list((root / "text_encoder").glob("model-*-of-*.safetensors"))) > 1
+    return root
+
+
+@pytest.fixture(scope="module")
+def wan_release_folder(tmp_path_factory, tiny_paths, tiny_i2v):
+    """The Wan-AI release layout: sharded original-name safetensors with an index, .pth VAE and T5, tokenizer."""
+    root = tmp_path_factory.mktemp("layouts") / "Wan2.1-I2V-tiny"
+    root.mkdir()
+    save_torch_state_dict(load_file(tiny_paths["i2v"]), root, max_shard_size="400KB",
+                          filename_pattern="diffusion_pytorch_model{suffix}.safetensors")
+    torch.save(load_file(tiny_paths["vae"]), root / "Wan2.1_VAE.pth")
+    text_state = {k: v.clone() for k, v in tiny_i2v.text_encoder.state_dict().items()}
+    torch.save(to_wan_t5(text_state), root / "models_t5_umt5-xxl-enc-bf16.pth")
+    (root / "google" / "umt5-xxl").mkdir(parents=True)
+    (root / "google" / "umt5-xxl" / "spiece.model").write_bytes(tiny_tokenizer_model())
+    assert (root / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    return root
+
+
+def test_diffusers_folder_loads_the_same_models_and_video(diffusers_folder, tiny_i2v, image, reference_latents):
+    files = resolve_model_files(str(diffusers_folder), "i2v")
+    assert files.diffusion_model == diffusers_folder / "transformer" and files.tokenizer == diffusers_folder / "tokenizer"
+    models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision,
+                         tokenizer=files.tokenizer)
+    for name in ("transformer", "vae", "text_encoder", "image_encoder"):
+        assert_same_weights(getattr(models, name), getattr(tiny_i2v, name))
+    assert torch.equal(generate_i2v(models, image, SamplingParams(**SMALL)).latents, reference_latents)
+
+
+def test_wan_release_folder_loads_the_same_models(wan_release_folder, tiny_i2v, tiny_paths):
+    files = resolve_model_files(str(wan_release_folder), "i2v", clip_vision=str(tiny_paths["clip_vision"]))
+    assert files.diffusion_model.name == "diffusion_pytorch_model.safetensors.index.json"
+    models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision,
+                         tokenizer=files.tokenizer)
+    for name in ("transformer", "vae", "text_encoder"):
+        assert_same_weights(getattr(models, name), getattr(tiny_i2v, name))
+    prompt = "a cat walks on the grass"
+    assert models.tokenizer(prompt).input_ids == tiny_i2v.tokenizer(prompt).input_ids
+    # one shard given directly finds its siblings
+    shard = sorted(wan_release_folder.glob("diffusion_pytorch_model-00001-of-*.safetensors"))[0]
+    assert_same_weights(load_transformer(shard), tiny_i2v.transformer)
+
+
+def test_comfy_models_folder_with_standard_and_bare_names(tmp_path, tiny_paths, tiny_i2v):
+    for component, name in [("i2v", "diffusion_models/wan2.1_i2v_480p_14B_bf16.safetensors"),
+                            ("vae", "vae/wan_2.1_vae.safetensors"),
+                            ("text_encoder", "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+                            ("clip_vision", "clip_vision/clip_vision_h.safetensors"),
+                            ("t2v", "diffusion_models/my_t2v.safetensors")]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).symlink_to(tiny_paths[component])
+    files = resolve_model_files(str(tmp_path), "i2v")  # falls back from fp16 to the bf16 file that is there
+    assert files.diffusion_model.name == "wan2.1_i2v_480p_14B_bf16.safetensors"
+    assert files.text_encoder.name == "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+    assert resolve_model_files(str(tmp_path), "v2v", diffusion_model="my_t2v.safetensors").diffusion_model == \
+        tmp_path / "diffusion_models" / "my_t2v.safetensors"
+
+
+def test_a_folder_with_no_known_layout_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("weights somewhere else")
+    with pytest.raises(WanInputError, match="has no known layout: expected a ComfyUI models folder"):
+        resolve_model_files(str(tmp_path), "i2v")
+
+
+def test_a_missing_shard_is_named(wan_release_folder, tmp_path):
+    copy = tmp_path / "release"
+    shutil.copytree(wan_release_folder, copy)
+    last = sorted(copy.glob("diffusion_pytorch_model-*.safetensors"))[-1]
+    last.unlink()
+    with pytest.raises(WanInputError, match=f"shards missing: \\['{last.name}'\\]"):
+        load_transformer(copy / "diffusion_pytorch_model.safetensors.index.json")
+
+
+# ---- precisions ------------------------------------------------------------------------------------------------
+
+
+def comfy_fp8(state: dict, scaled: bool) -> dict:
+    """ComfyUI-style fp8 files: block matrices in fp8 (scaled: per-weight scale_weight and the scaled_fp8
+    marker, as ComfyUI's model_base writes them), everything else in fp16, keys under model.diffusion_model."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("blocks.") and key.endswith(".weight") and value.ndim == 2:
+            if scaled:
+                scale = value.abs().max().float() / torch.finfo(FP8).max
+                out[key.removesuffix(".weight") + ".scale_weight"] = scale.reshape(())
+                value = value / scale
+            out[key] = value.to(FP8)
+        else:
+            out[key] = value.half()
+    if scaled:
+        out["scaled_fp8"] = torch.tensor([], dtype=FP8)
+    return {"model.diffusion_model." + key: value for key, value in out.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_files_equal_the_fp32_file_rounded_to_them(tiny_paths, tmp_path, dtype):
+    path = tmp_path / "half.safetensors"
+    save_file({k: v.to(dtype) for k, v in load_file(tiny_paths["i2v"]).items()}, str(path))
+    from_half, rounded = load_transformer(path, dtype), load_transformer(tiny_paths["i2v"], dtype)
+    with torch.no_grad():  # formula: every weight is the fp32 weight rounded to the file's dtype
+        for parameter in rounded.parameters():
+            parameter.copy_(parameter.to(dtype).to(parameter.dtype))
+    assert rounded.scale_shift_table.dtype == torch.float32  # the fp32 modules stay fp32, with rounded values
+    assert_same_weights(from_half, rounded)
+    assert torch.equal(transformer_output(from_half), transformer_output(rounded))
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp8_e4m3fn", "fp8_scaled"])
+def test_fp8_files_dequantise_by_the_formula(tiny_paths, tmp_path, tiny_i2v, scaled):
+    written = comfy_fp8(load_file(tiny_paths["i2v"]), scaled)
+    path = tmp_path / "fp8.safetensors"
+    save_file(written, str(path))
+    model = load_transformer(path)
+    q = written["model.diffusion_model.blocks.0.self_attn.q.weight"]
+    scale = written.get("model.diffusion_model.blocks.0.self_attn.q.scale_weight", torch.tensor(1.0))
+    assert torch.equal(model.blocks[0].attn1.to_q.weight, q.float() * scale.float())
+    original = tiny_i2v.transformer.blocks[0].attn1.to_q.weight
+    step = (original.abs() * 2.0 ** -4).clamp_min(float(scale) * 2.0 ** -9)  # one fp8 rounding step
+    assert bool(((model.blocks[0].attn1.to_q.weight - original).abs() <= step).all())
+    error = relative_error(transformer_output(model), transformer_output(tiny_i2v.transformer))
+    assert 0 < error < FP8_OUTPUT_TOLERANCE
+
+
+def test_fp8_storage_keeps_fp8_parameters_and_upcasts_per_layer(tiny_paths, tiny_i2v):
+    model = load_transformer(tiny_paths["i2v"], torch.float32, weight_storage="fp8")
+    weight = model.blocks[0].attn1.to_q.weight
+    assert isinstance(weight, torch.nn.Parameter) and weight.dtype == FP8  # LoRA patching sees a plain Parameter
+    assert model.patch_embedding.weight.dtype == torch.float32 and model.scale_shift_table.dtype == torch.float32
+    # Reference by formula: the fp32 model with each fp8-stored weight rounded through fp8.
+    rounded = load_transformer(tiny_paths["i2v"])
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dtype == FP8:
+                rounded.get_parameter(name).copy_(tiny_i2v.transformer.get_parameter(name).to(FP8).float())
+    assert torch.equal(transformer_output(model), transformer_output(rounded))
+    assert model.blocks[0].attn1.to_q.weight.dtype == FP8  # cast back to storage after the forward pass
+    assert relative_error(transformer_output(model), transformer_output(tiny_i2v.transformer)) < FP8_OUTPUT_TOLERANCE
+
+
+def test_scaled_fp8_with_fp8_storage_folds_the_scale(tiny_paths, tmp_path):
+    written = comfy_fp8(load_file(tiny_paths["i2v"]), scaled=True)
+    path = tmp_path / "scaled.safetensors"
+    save_file(written, str(path))
+    model = load_transformer(path, torch.bfloat16, weight_storage="fp8")
+    q = written["model.diffusion_model.blocks.1.cross_attn.k.weight"]
+    scale = written["model.diffusion_model.blocks.1.cross_attn.k.scale_weight"]
+    assert torch.equal(model.blocks[1].attn2.to_k.weight.float(), (q.float() * scale).to(FP8).float())
+
+
+def test_scaled_fp8_text_encoder_loads_by_the_formula(tiny_paths, tmp_path, tiny_i2v):
+    state = load_file(tiny_paths["text_encoder"])
+    written = {}
+    for key, value in state.items():
+        if key.endswith(".weight") and value.ndim == 2 and "relative_attention" not in key and "shared" not in key:
+            scale = value.abs().max() / 448.0
+            written[key], written[key.removesuffix(".weight") + ".scale_weight"] = (value / scale).to(FP8), scale
+        else:
+            written[key] = value
+    written["scaled_fp8"] = torch.tensor([], dtype=FP8)
+    path = tmp_path / "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+    save_file(written, str(path))
+    model, tokenizer = load_text_encoder(path)
+    key = "encoder.block.1.layer.1.DenseReluDense.wo.weight"
+    assert torch.equal(model.get_parameter(key), written[key].float() * written[key[:-7] + ".scale_weight"])
+    assert tokenizer("a cat").input_ids == tiny_i2v.tokenizer("a cat").input_ids
+
+
+def test_weight_storage_is_checked(tiny_paths):
+    with pytest.raises(WanInputError, match="weight_storage='int4' is not allowed: choose one of compute, fp8"):
+        load_models(tiny_paths["t2v"], tiny_paths["vae"], tiny_paths["text_encoder"], weight_storage="int4")
+
+
+# ---- broken input ----------------------------------------------------------------------------------------------
+
+
+def test_pth_files_that_are_not_plain_state_dicts_are_refused(tmp_path):
+    corrupt = tmp_path / "Wan2.1_VAE.pth"
+    corrupt.write_bytes(b"\x80\x02not really a pickle" * 10)
+    with pytest.raises(WanInputError, match="Wan2.1_VAE.pth' is not a readable PyTorch state dict"):
+        load_transformer(corrupt)
+    code = tmp_path / "code.pth"
+    torch.save({"weights": torch.zeros(2), "payload": Path("/")}, code)  # weights_only refuses arbitrary objects
+    with pytest.raises(WanInputError, match="code.pth' is not a readable PyTorch state dict"):
+        load_transformer(code)
+
+
+def test_open_clip_file_is_named_with_what_to_use_instead(tmp_path):
+    path = tmp_path / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+    torch.save({"visual.transformer.0.attn.to_qkv.weight": torch.zeros(6, 2), "log_scale": torch.zeros(())}, path)
+    with pytest.raises(WanInputError, match="is the original open-clip CLIP file .* use ComfyUI's clip_vision"):
+        load_clip_vision(path)
+
+
+def test_text_encoder_without_tokenizer_offline_says_where_to_put_it(tiny_paths, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    path = tmp_path / "te" / "umt5.safetensors"
+    path.parent.mkdir()
+    save_file({k: v for k, v in load_file(tiny_paths["text_encoder"]).items() if k != "spiece_model"}, str(path))
+    with pytest.raises(WanInputError, match=r"umt5.safetensors' carries no tokenizer .* tokenizer folder at "
+                                            r"'.*te/tokenizer'.*google/umt5-xxl"):
+        load_text_encoder(path)
+
+
+def test_tokenizer_from_a_real_huggingface_hub_cache(tiny_paths, tmp_path, monkeypatch, tiny_i2v):
+    """The cache is filled by huggingface_hub itself from a stand-in hub, then read with the network unreachable."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf_home" / "hub"
+    with HubStandIn({("google/umt5-xxl", "spiece.model"): tiny_tokenizer_model()}) as hub:
+        hf_hub_download("google/umt5-xxl", "spiece.model", cache_dir=cache, endpoint=hub.url)
+    assert (cache / "models--google--umt5-xxl" / "refs" / "main").is_file()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    path = tmp_path / "umt5.safetensors"
+    save_file({k: v for k, v in load_file(tiny_paths["text_encoder"]).items() if k != "spiece_model"}, str(path))
+    _, tokenizer = load_text_encoder(path)
+    assert tokenizer("a cat walks").input_ids == tiny_i2v.tokenizer("a cat walks").input_ids
+
+
+def test_loading_every_layout_changes_nothing_on_disk(diffusers_folder, wan_release_folder, tiny_cache, tiny_paths):
+    before = file_hashes(diffusers_folder) | file_hashes(wan_release_folder) | file_hashes(tiny_cache)
+    for folder in (diffusers_folder, wan_release_folder):
+        files = resolve_model_files(str(folder), "i2v", clip_vision=str(tiny_paths["clip_vision"]))
+        load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision,
+                    tokenizer=files.tokenizer, weight_storage="fp8")
+    after = file_hashes(diffusers_folder) | file_hashes(wan_release_folder) | file_hashes(tiny_cache)
+    assert before == after
+
+
+def test_command_line_models_dir_with_fp8_storage(tmp_path, tiny_paths, tiny_cache):
+    from wan_core.cli import main
+    from wan_core.video_io import read_video
+
+    for component, name in [("i2v", "diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors"),
+                            ("vae", "vae/wan_2.1_vae.safetensors"),
+                            ("text_encoder", "text_encoders/umt5_xxl_fp16.safetensors"),
+                            ("clip_vision", "clip_vision/clip_vision_h.safetensors")]:
+        (tmp_path / "models" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "models" / name).symlink_to(tiny_paths[component])
+    image = Path(__file__).resolve().parents[1] / "examples" / "first_frame.png"
+    common = ["i2v", "--image", str(image), "--prompt", "a valley", "--size", "64*64", "--frames", "5",
+              "--steps", "2", "--seed", "9", "--device", "cpu"]
+    assert main([*common, "--models-dir", str(tmp_path / "models"), "--out", str(tmp_path / "dir.mp4")]) == 0
+    assert main([*common, "--model", "tiny", "--out", str(tmp_path / "tiny.mp4")]) == 0
+    assert torch.equal(read_video(tmp_path / "dir.mp4")[0], read_video(tmp_path / "tiny.mp4")[0])
+    assert main([*common, "--models-dir", str(tmp_path / "models"), "--weight-storage", "fp8",
+                 "--out", str(tmp_path / "fp8.mp4")]) == 0
+    assert read_video(tmp_path / "fp8.mp4")[0].shape == read_video(tmp_path / "dir.mp4")[0].shape
+    assert main([*common, "--models-dir", str(tmp_path), "--out", str(tmp_path / "x.mp4")]) == 2  # no layout

@@ -1,0 +1,195 @@
+"""Checkpoint sources: one interface (`shapes`, `tensor(key)`) over every file format a Wan user may have.
+
+- a single safetensors file (ComfyUI's repackaged files, diffusers' single files), memory-mapped;
+- sharded safetensors (`diffusion_pytorch_model-00001-of-00007.safetensors` with its `.index.json`: the
+  Wan-AI release and diffusers folders), each shard memory-mapped;
+- the original release's `.pth` files, read with `torch.load(weights_only=True, mmap=True)`: no code runs and
+  the data stays on disk until a tensor is asked for.
+
+Shapes are read without touching tensor data, so a wrong file is refused before anything heavy happens.
+Every file is opened read-only: loading never changes anything on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .errors import WanInputError
+
+SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.safetensors$")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+class Checkpoint:
+    """Common part: where it is, which slot it was given for, and how to refuse it with both named."""
+
+    path: Path
+    role: str
+    shapes: dict[str, tuple]
+
+    def tensor(self, key: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fail(self, message: str):
+        raise WanInputError(f"{self.role} file {str(self.path)!r} {message}")
+
+
+class SafetensorsFile(Checkpoint):
+    """A safetensors file: keys and shapes from its header, then each tensor read once into a fresh buffer.
+
+    safetensors' own reader validates the file (header, sizes, truncation) and gives the shapes. Tensor data is
+    then read with plain positioned reads into a newly allocated tensor instead of returned as a view of
+    safetensors' memory map: a mapped page that has been touched counts as resident memory for as long as the
+    map lives, which would double the peak while loading; and a fresh allocation is aligned the same way
+    whatever the file's layout, so the same weights give bit-identical outputs from every layout.
+    """
+
+    def __init__(self, path, role: str):
+        self.path, self.role = Path(path), role
+        if not self.path.is_file():
+            raise WanInputError(f"{role} file {str(self.path)!r}: no such file")
+        try:
+            with safe_open(str(self.path), framework="pt") as checked:
+                self.shapes = {key: tuple(checked.get_slice(key).get_shape()) for key in checked.keys()}
+            self._entries, self._data_start = _read_header(self.path)
+        except (SafetensorError, OSError, ValueError, KeyError) as error:
+            raise WanInputError(
+                f"{role} file {str(self.path)!r} is not a readable safetensors file ({error}); "
+                "give a .safetensors file such as ComfyUI's repackaged Wan 2.1 files"
+            ) from None
+
+    def tensor(self, key: str) -> torch.Tensor:
+        entry = self._entries[key]
+        begin, end = entry["data_offsets"]
+        tensor = torch.empty(self.shapes[key], dtype=SAFETENSORS_DTYPES[entry["dtype"]])
+        buffer = tensor.view(-1).view(torch.uint8).numpy() if tensor.numel() else None
+        if buffer is None:
+            return tensor
+        try:
+            with open(self.path, "rb", buffering=0) as file:
+                file.seek(self._data_start + begin)
+                read = file.readinto(memoryview(buffer))
+        except OSError as error:
+            self.fail(f"could not be read at {key!r}: {error}")
+        if read != end - begin:
+            self.fail(f"is truncated or corrupt at {key!r}: {read} of {end - begin} bytes")
+        return tensor
+
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    """The safetensors header (an 8-byte little-endian length, then JSON): {key: entry}, data start offset."""
+    with open(path, "rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(length))
+    header.pop("__metadata__", None)
+    return header, 8 + length
+
+
+class ShardedSafetensors(Checkpoint):
+    """Several safetensors shards read as one checkpoint; the index json says which shard holds which key."""
+
+    def __init__(self, path, role: str, shard_paths: list[Path]):
+        self.path, self.role = Path(path), role
+        self._shard_of, self.shapes = {}, {}
+        for shard_path in shard_paths:
+            shard = SafetensorsFile(shard_path, role)
+            for key, shape in shard.shapes.items():
+                self._shard_of[key], self.shapes[key] = shard, shape
+
+    def tensor(self, key: str) -> torch.Tensor:
+        return self._shard_of[key].tensor(key)
+
+
+class TorchPickleFile(Checkpoint):
+    """A `.pth` state dict, memory-mapped; `weights_only=True` refuses anything that is not plain tensors."""
+
+    def __init__(self, path, role: str):
+        self.path, self.role = Path(path), role
+        if not self.path.is_file():
+            raise WanInputError(f"{role} file {str(self.path)!r}: no such file")
+        try:
+            state = torch.load(str(self.path), map_location="cpu", weights_only=True, mmap=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise WanInputError(
+                f"{role} file {str(self.path)!r} is not a readable PyTorch state dict ({first_line}); "
+                "give a .safetensors file or the original Wan-AI .pth file"
+            ) from None
+        for wrapper in ("state_dict", "model", "module"):  # some trainers nest the weights one level down
+            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+        if not isinstance(state, dict):
+            self.fail(f"holds a {type(state).__name__}, not a state dict of tensors")
+        self._state = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+        self.shapes = {key: tuple(value.shape) for key, value in self._state.items()}
+
+    def tensor(self, key: str) -> torch.Tensor:
+        # a fresh, aligned copy: the mapped file stays read-only and the layout cannot change the numbers
+        return self._state[key].clone()
+
+
+def _shards_for(path: Path, role: str) -> list[Path] | None:
+    """The shard list when `path` is an index json, a folder of shards, or one shard of a set; else None."""
+    if path.is_dir():
+        indexes = sorted(path.glob("*.safetensors.index.json"))
+        singles = sorted(path.glob("*.safetensors"))
+        if indexes:
+            path = indexes[0]
+        elif len(singles) == 1:
+            return [singles[0]]
+        elif singles and all(SHARD_NAME.match(p.name) for p in singles):
+            path = singles[0]
+        else:
+            raise WanInputError(
+                f"{role} folder {str(path)!r} holds no safetensors weights we can read as one model "
+                f"(found {[p.name for p in singles][:5] or 'no .safetensors files'}); give the model file itself"
+            )
+    if path.name.endswith(".index.json"):
+        try:
+            weight_map = json.loads(path.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise WanInputError(f"{role} index {str(path)!r} is not a safetensors index json ({error})") from None
+        shards = [path.parent / name for name in sorted(set(weight_map.values()))]
+    elif match := SHARD_NAME.match(path.name):
+        count = int(match["count"])
+        shards = [path.parent / f"{match['stem']}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+    else:
+        return None
+    missing = [p.name for p in shards if not p.is_file()]
+    if missing:
+        raise WanInputError(f"{role} {str(path)!r} is a sharded checkpoint with shards missing: {missing}; "
+                            "download every shard into the same folder")
+    return shards
+
+
+def open_checkpoint(path, role: str) -> Checkpoint:
+    """The right reader for a file or folder, with scaled-fp8 weights presented already dequantised."""
+    from .precision import wrap_scaled_fp8  # precision builds on this module
+
+    path = Path(path)
+    if not path.exists():
+        raise WanInputError(f"{role} file {str(path)!r}: no such file or folder")
+    shards = _shards_for(path, role)
+    if shards is not None and len(shards) > 1:
+        checkpoint = ShardedSafetensors(path, role, shards)
+    elif shards is not None:
+        checkpoint = SafetensorsFile(shards[0], role)
+    elif path.suffix.lower() in TORCH_SUFFIXES:
+        checkpoint = TorchPickleFile(path, role)
+    else:
+        checkpoint = SafetensorsFile(path, role)
+    return wrap_scaled_fp8(checkpoint)

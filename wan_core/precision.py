@@ -1,0 +1,77 @@
+"""Weight precision: fp8 files, ComfyUI's scaled fp8, and keeping transformer weights stored in fp8.
+
+File precisions. fp32/fp16/bf16 and plain `float8_e4m3fn` tensors are cast to the compute dtype as they are
+read. ComfyUI's "fp8 scaled" files (e.g. `umt5_xxl_fp8_e4m3fn_scaled.safetensors`) carry a `scaled_fp8` marker
+tensor and, next to each quantised `X.weight`, a scalar `X.scale_weight` (and sometimes `X.scale_input`, used
+only by fp8 matrix multiplication): the real weight is `weight.float() * scale_weight`, which is what
+ComfyUI's `scaled_fp8_ops.convert_weight` computes. We apply that product once, at load time, in float32, and
+hide the marker and scale tensors from the loaders, so a scaled file loads exactly like an unscaled one.
+
+Weight storage. `weight_storage="fp8"` keeps the transformer's Linear and Conv weights in `float8_e4m3fn` and
+casts them to the compute dtype one layer at a time during the forward pass, with diffusers' layerwise casting
+(`ModelMixin.enable_layerwise_casting`; its default skip list keeps the patch embedding, condition embedders,
+norms and the fp32 modules in the compute dtype). The stored weights are ordinary `nn.Parameter`s of dtype
+float8_e4m3fn, so LoRA patching can read and replace them.
+
+Scaled fp8 with fp8 storage: layerwise casting has no per-weight scale, so the scale is folded in: the weight
+is dequantised (fp8 * scale, float32) and rounded once to float8_e4m3fn, saturating at +-448. The result is
+what an fp16 file gives with fp8 storage, to within one fp8 rounding step of each weight (relative error at
+most 2**-4 for normal fp8 values); the tests hold it to that bound.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checkpoint import Checkpoint
+from .errors import check_choice
+
+SCALED_FP8_MARKER = "scaled_fp8"
+SCALE_SUFFIXES = (".scale_weight", ".scale_input")
+FP8_STORAGE_DTYPE = torch.float8_e4m3fn
+WEIGHT_STORAGES = ("compute", "fp8")  # "compute": weights in the compute dtype; "fp8": stored fp8, upcast per layer
+
+
+class ScaledFp8Checkpoint(Checkpoint):
+    """A ComfyUI scaled-fp8 checkpoint seen through its real weights: fp8 * scale_weight, in float32."""
+
+    def __init__(self, inner: Checkpoint):
+        self.inner, self.path, self.role = inner, inner.path, inner.role
+        self.shapes = {key: shape for key, shape in inner.shapes.items()
+                       if key != SCALED_FP8_MARKER and not key.endswith(SCALE_SUFFIXES)}
+
+    def tensor(self, key: str) -> torch.Tensor:
+        tensor = self.inner.tensor(key)
+        scale_key = key.removesuffix(".weight") + ".scale_weight"
+        if key.endswith(".weight") and scale_key in self.inner.shapes:
+            return tensor.to(torch.float32) * self.inner.tensor(scale_key).to(torch.float32)
+        return tensor
+
+
+def wrap_scaled_fp8(checkpoint: Checkpoint) -> Checkpoint:
+    """Present a scaled-fp8 file through its dequantised weights; any other checkpoint is returned unchanged."""
+    if any(key == SCALED_FP8_MARKER or key.endswith("." + SCALED_FP8_MARKER) for key in checkpoint.shapes):
+        return ScaledFp8Checkpoint(checkpoint)
+    return checkpoint
+
+
+def to_storage(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast for storage; fp8 saturates at its largest finite value instead of overflowing to NaN."""
+    if dtype == FP8_STORAGE_DTYPE and tensor.dtype != dtype:
+        limit = torch.finfo(dtype).max
+        return tensor.to(torch.float32).clamp(-limit, limit).to(dtype)
+    return tensor.to(dtype)
+
+
+def check_weight_storage(weight_storage: str | None) -> str:
+    return check_choice("weight_storage", weight_storage or "compute", WEIGHT_STORAGES)
+
+
+def prepare_fp8_storage(empty_module, compute_dtype: torch.dtype):
+    """Turn on diffusers' layerwise casting on a module still on the meta device.
+
+    The parameters it will store in fp8 then show dtype float8_e4m3fn already, so each tensor can be read from
+    the file straight into its final dtype: no full-precision copy of the model ever exists.
+    """
+    empty_module.enable_layerwise_casting(storage_dtype=FP8_STORAGE_DTYPE, compute_dtype=compute_dtype)
+    return empty_module
