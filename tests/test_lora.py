@@ -487,3 +487,29 @@ def test_an_unreachable_url_is_a_clear_error(tmp_path):
     server.server_close()  # the port is now closed: nothing answers there
     with pytest.raises(WanInputError, match=rf"LoRA '{url}': download failed"):
         download_lora_url(url, tmp_path)
+
+
+# ---- command line ----------------------------------------------------------------------------------------------
+
+CLI_SMALL = ["--model", "tiny", "--image", str(ROOT / "examples" / "first_frame.png"), "--prompt", "a valley",
+             "--size", "80*64", "--frames", "9", "--steps", "2", "--seed", "3"]
+
+
+def test_cli_lora_option_changes_the_video_and_reports(tiny_cache, tmp_path, capsys):
+    from wan_core.cli import main
+    from wan_core.video_io import read_video
+
+    lora = write_tiny_lora(tmp_path / "style.safetensors", "i2v", seed=7)
+    assert main(["i2v", *CLI_SMALL, "--out", str(tmp_path / "base.mp4")]) == 0
+    assert main(["i2v", *CLI_SMALL, "--lora", f"{lora}:4", "--out", str(tmp_path / "lora.mp4")]) == 0
+    assert f"{lora} x4: 72 keys applied" in capsys.readouterr().err  # 2 blocks x 12 linear layers x (A, B, alpha)
+    base, styled = read_video(tmp_path / "base.mp4")[0], read_video(tmp_path / "lora.mp4")[0]
+    assert (base - styled).abs().mean() > 1e-3
+
+
+def test_cli_refuses_a_missing_lora_before_loading(tiny_cache, tmp_path, capsys):
+    from wan_core.cli import main
+
+    assert main(["i2v", *CLI_SMALL, "--lora", "nothing.safetensors:0.5", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "LoRA 'nothing.safetensors': no such file" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
