@@ -19,8 +19,8 @@ reached through WanLoraLoaderMixin.lora_state_dict): in diffusers 0.42 they rais
 unmatched keys could not be counted and reported), on an .alpha for text_embedding / time_embedding / head, on a
 k_img without v_img, and on a LoRA without block keys; the musubi one raises on a LoRA that trains only some of
 a block's layers; `.diff` weight deltas and norm deltas are dropped with a log line. The tests use
-WanLoraLoaderMixin.lora_state_dict as an independent reference on the layouts it does read, and diffusers'
-load_lora_weights + fuse_lora as the reference for the diffusers layout.
+WanLoraLoaderMixin.lora_state_dict as an independent reference on the layouts it does read, and peft's own
+get_delta_weight for a LoRA that diffusers' WanPipeline.save_lora_weights wrote.
 """
 
 from __future__ import annotations
