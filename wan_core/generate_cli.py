@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -11,10 +12,12 @@ import torch
 from tqdm import tqdm
 
 from .errors import WanInputError
+from .lora_stack import LoraEntry, LoraStack, extend_stack
 from .params import SAMPLER_NAMES, SamplingParams, frame_count, parse_size, source_frame_count
 from .precision import WEIGHT_STORAGES
 from .video_io import DEFAULT_FPS, read_image, read_video, write_video
 
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -43,6 +46,9 @@ def _add_common(parser: argparse.ArgumentParser):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, help="default bf16 on a GPU, fp32 on the CPU")
     parser.add_argument("--out", required=True, help="output .mp4")
+    parser.add_argument("--lora", action="append", default=[], metavar="SOURCE[:SCALE]",
+                        help="a LoRA file (or one in --model's loras folder), hub repo id or URL, scale 0-4 "
+                             "(default 1); repeat for up to 3")
 
 
 def add_parsers(subparsers):
@@ -80,15 +86,23 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     # diffusers and transformers take seconds to import: only the subcommands that generate pay for them
     from . import conditioning, pipeline
     from .loading import load_models
+    from .lora import set_lora_stack
+    from .lora_sources import resolve_lora_file
     from .model_files import resolve_model_files
 
     out = _output_path(args.out)
+    loras = lora_stack_option(args.lora)
+    loras_dir = Path(args.model) / "loras" if args.model and args.model != "tiny" else None
+    for entry in loras:  # a missing file or an unreachable URL fails here, before the models load
+        resolve_lora_file(entry, loras_dir)
     files = resolve_model_files(args.model, task, args.diffusion_model, args.vae, args.text_encoder, args.clip_vision,
                                 tokenizer=args.tokenizer)
     started = time.perf_counter()
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, args.device,
                          weight_storage=args.weight_storage, tokenizer=files.tokenizer)
+    if loras:
+        print(set_lora_stack(models, loras, loras_dir).summary(), file=sys.stderr)
     print(f"seed: {params.seed}", file=sys.stderr)
     with tqdm(total=params.steps, desc="sampling", unit="step", file=sys.stderr) as bar:
         def progress(step, total, _preview):
@@ -103,6 +117,17 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     print(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {DEFAULT_FPS} fps)")
     print(f"seed: {generation.seed}  wall time: {elapsed:.1f} s")
     return 0
+
+
+def lora_stack_option(values: list[str]) -> LoraStack:
+    """--lora SOURCE[:SCALE] values -> a stack (at most 3); the scale is the text after the last ':' when it is a
+    number, so URLs and Windows drives keep their own ':'."""
+    entries = []
+    for value in values:
+        source, _, scale = value.rpartition(":")
+        entries.append(LoraEntry.from_text(source, float(scale)) if source and NUMBER.fullmatch(scale)
+                       else LoraEntry.from_text(value))
+    return extend_stack(None, entries)
 
 
 def run_i2v(args) -> int:

@@ -173,7 +173,9 @@ def _patch(transformer: torch.nn.Module, state: _PatchState, wanted: dict[str, l
             state.backups[name] = param.detach().to("cpu", copy=True)
         patched = state.backups[name].to(param.device, COMPUTE_DTYPE, copy=True)  # the backup itself stays untouched
         for scale, delta, kind in contributions:
-            change = delta.weight_delta() if kind == "weight" else delta.diff_b.to(COMPUTE_DTYPE)
-            patched += scale * change.to(param.device).reshape(param.shape)
+            if kind == "weight":
+                delta.add_to_weight(patched, scale)
+            else:
+                patched.add_(delta.diff_b.to(patched), alpha=scale)
         param.copy_(patched.to(param.dtype))  # fp8 and other storage dtypes: cast back once, after the sum
     return len(wanted)

@@ -19,8 +19,8 @@ reached through WanLoraLoaderMixin.lora_state_dict): in diffusers 0.42 they rais
 unmatched keys could not be counted and reported), on an .alpha for text_embedding / time_embedding / head, on a
 k_img without v_img, and on a LoRA without block keys; the musubi one raises on a LoRA that trains only some of
 a block's layers; `.diff` weight deltas and norm deltas are dropped with a log line. The tests use
-WanLoraLoaderMixin.lora_state_dict as an independent reference on the layouts it does read, and diffusers'
-load_lora_weights + fuse_lora as the reference for the diffusers layout.
+WanLoraLoaderMixin.lora_state_dict as an independent reference on the layouts it does read, and peft's own
+get_delta_weight for a LoRA that diffusers' WanPipeline.save_lora_weights wrote.
 """
 
 from __future__ import annotations
@@ -61,16 +61,16 @@ class ModuleDelta:
     def has_pair(self) -> bool:
         return self.down is not None and self.up is not None
 
-    def weight_delta(self) -> torch.Tensor | None:
-        """alpha/rank * (B @ A) + diff, in float32 ([out, in] or the conv weight's shape)."""
-        delta = None
+    def add_to_weight(self, weight: torch.Tensor, scale: float):
+        """weight += scale * (alpha/rank * B @ A + diff), in place and in weight's dtype; addmm_ forms B @ A straight
+        into the weight, so no full-size delta is ever allocated."""
         if self.has_pair:
             rank = self.down.shape[0]
             ratio = (self.alpha if self.alpha is not None else rank) / rank
-            delta = ratio * (self.up.flatten(1).float() @ self.down.flatten(1).float())  # [out, in * kernel]
+            up, down = self.up.flatten(1).to(weight), self.down.flatten(1).to(weight)  # [out, rank], [rank, in*kernel]
+            weight.view(weight.shape[0], -1).addmm_(up, down, alpha=scale * ratio)
         if self.diff is not None:
-            delta = self.diff.float() if delta is None else delta.reshape(self.diff.shape) + self.diff.float()
-        return delta
+            weight.add_(self.diff.to(weight), alpha=scale)
 
 
 @dataclass

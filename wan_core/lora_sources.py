@@ -23,7 +23,7 @@ from .lora_stack import LoraEntry
 
 HUB_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 LORA_SUFFIX = ".safetensors"
-DOWNLOAD_CHUNK = 1 << 20
+DOWNLOAD_CHUNK = 1 << 16  # a cut-off connection loses the chunk being read: keep it small so resuming loses little
 DOWNLOAD_TIMEOUT = (10, 60)  # seconds to connect, seconds between bytes
 
 

@@ -1,0 +1,515 @@
+"""LoRA stacks on the tiny real-architecture model: every key format against the formula, reversibility, reports,
+errors, fp8 storage, the hub cache and a real HTTP server on 127.0.0.1."""
+
+import copy
+import http.server
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from wan_core.errors import WanInputError
+from wan_core.loading import WanModels
+from wan_core.lora import set_lora_stack
+from wan_core.lora_sources import download_lora_url, url_cache_path
+from wan_core.lora_stack import LoraEntry, extend_stack
+from wan_core.tiny import write_tiny_lora
+
+ROOT = Path(__file__).resolve().parents[1]
+RANK = 4
+# (diffusers module name, the original Wan name), written out by hand so that the tests do not use the code under test
+# to name things. The last two exist only in the image-to-video model.
+MODULES = [
+    ("blocks.1.attn1.to_q", "blocks.1.self_attn.q"),
+    ("blocks.0.attn2.to_out.0", "blocks.0.cross_attn.o"),
+    ("blocks.0.ffn.net.0.proj", "blocks.0.ffn.0"),
+    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+    ("condition_embedder.time_proj", "time_projection.1"),
+    ("blocks.1.attn2.add_k_proj", "blocks.1.cross_attn.k_img"),
+    ("condition_embedder.image_embedder.ff.net.0.proj", "img_emb.proj.1"),
+]
+
+
+def _flat(name):
+    return name.replace(".", "_")
+
+
+# Each format: (diffusers name, Wan name) -> (key of A, key of B, key of alpha or None: alpha folded into B)
+FORMATS = {
+    "comfyui": lambda d, w: (f"diffusion_model.{w}.lora_A.weight", f"diffusion_model.{w}.lora_B.weight",
+                             f"diffusion_model.{w}.alpha"),
+    "comfyui_down_up": lambda d, w: (f"diffusion_model.{w}.lora_down.weight", f"diffusion_model.{w}.lora_up.weight",
+                                     f"diffusion_model.{w}.alpha"),
+    "kohya_musubi": lambda d, w: (f"lora_unet_{_flat(w)}.lora_down.weight", f"lora_unet_{_flat(w)}.lora_up.weight",
+                                  f"lora_unet_{_flat(w)}.alpha"),
+    "videox_fun": lambda d, w: (f"lora_unet__{_flat(w)}.lora_down.weight", f"lora_unet__{_flat(w)}.lora_up.weight",
+                                f"lora_unet__{_flat(w)}.alpha"),
+    "lycoris": lambda d, w: (f"lycoris_{_flat(w)}.lora_down.weight", f"lycoris_{_flat(w)}.lora_up.weight",
+                             f"lycoris_{_flat(w)}.alpha"),
+    "diffusers": lambda d, w: (f"transformer.{d}.lora_A.weight", f"transformer.{d}.lora_B.weight", None),
+    "raw_peft": lambda d, w: (f"base_model.model.{d}.lora_A.default.weight",
+                              f"base_model.model.{d}.lora_B.default.weight", None),
+    "diffsynth": lambda d, w: (f"pipe.dit.{w}.lora_A.weight", f"pipe.dit.{w}.lora_B.weight", f"pipe.dit.{w}.alpha"),
+}
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def i2v(tiny_i2v):
+    yield tiny_i2v
+    set_lora_stack(tiny_i2v, None)
+
+
+@pytest.fixture
+def t2v(tiny_t2v):
+    yield tiny_t2v
+    set_lora_stack(tiny_t2v, None)
+
+
+def weights(models):
+    return {name: param.detach().clone() for name, param in models.transformer.named_parameters()}
+
+
+def known_pairs(transformer, modules=MODULES, seed=0, alpha=2.0):
+    """{diffusers name: (A [rank, in], B [out, rank], alpha)} with random, known values."""
+    generator = torch.Generator().manual_seed(seed)
+    pairs = {}
+    for name, _wan in modules:
+        out_features, in_features = transformer.get_submodule(name).weight.shape
+        pairs[name] = (torch.randn(RANK, in_features, generator=generator),
+                       torch.randn(out_features, RANK, generator=generator), alpha)
+    return pairs
+
+
+def lora_file(path, pairs, layout, modules=MODULES):
+    """Write pairs in one of FORMATS' layouts; formats without alpha get it folded into B, as diffusers does."""
+    wan_names = dict(modules)
+    state = {}
+    for name, (down, up, alpha) in pairs.items():
+        key_a, key_b, key_alpha = FORMATS[layout](name, wan_names[name])
+        state[key_a] = down
+        state[key_b] = up if key_alpha else up * (alpha / RANK)
+        if key_alpha:
+            state[key_alpha] = torch.tensor(alpha)
+    save_file(state, str(path))
+    return str(path)
+
+
+def formula(base, pairs_and_scales):
+    """W + sum(scale * alpha/rank * B @ A), in float64 so the reference is more exact than what it checks."""
+    expected = {name: tensor.double() for name, tensor in base.items()}
+    for pairs, scale in pairs_and_scales:
+        for module, (down, up, alpha) in pairs.items():
+            expected[f"{module}.weight"] += scale * alpha / RANK * (up.double() @ down.double())
+    return expected
+
+
+def assert_weights(models, expected, atol=1e-5):
+    for name, param in models.transformer.named_parameters():
+        torch.testing.assert_close(param.double(), expected[name].double(), atol=atol, rtol=1e-6, msg=name)
+
+
+def assert_bit_exact(models, base):
+    for name, param in models.transformer.named_parameters():
+        assert torch.equal(param, base[name]), name
+
+
+# ---- formats and the formula -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", FORMATS)
+def test_every_format_patches_by_the_formula_and_unpatches_bit_exact(i2v, tmp_path, layout):
+    base = weights(i2v)
+    pairs = known_pairs(i2v.transformer)
+    path = lora_file(tmp_path / f"{layout}.safetensors", pairs, layout)
+    report = set_lora_stack(i2v, (LoraEntry(path, 0.7),))
+    assert_weights(i2v, formula(base, [(pairs, 0.7)]))
+    (result,) = report.loras
+    assert result.unmatched_keys == 0 and result.skipped_image_keys == 0
+    assert result.applied_keys == len(safe_open(path, "pt").keys())
+    assert report.patched_weights == len(MODULES)
+    set_lora_stack(i2v, None)
+    assert_bit_exact(i2v, base)
+
+
+def test_the_same_lora_in_two_formats_patches_identically(i2v, tmp_path):
+    pairs = known_pairs(i2v.transformer, seed=3)
+    set_lora_stack(i2v, (LoraEntry(lora_file(tmp_path / "a.safetensors", pairs, "comfyui"), 1.3),))
+    from_comfy = weights(i2v)
+    set_lora_stack(i2v, (LoraEntry(lora_file(tmp_path / "b.safetensors", pairs, "kohya_musubi"), 1.3),))
+    assert all(torch.equal(param, from_comfy[name]) for name, param in i2v.transformer.named_parameters())
+
+
+def test_full_deltas_diff_and_diff_b_including_a_norm(i2v, tmp_path):
+    base = weights(i2v)
+    generator = torch.Generator().manual_seed(5)
+    q = base["blocks.0.attn1.to_q.weight"]
+    diff, diff_b = torch.randn(q.shape, generator=generator), torch.randn(q.shape[0], generator=generator)
+    norm_diff = torch.randn(base["blocks.0.norm2.weight"].shape, generator=generator)
+    save_file({"diffusion_model.blocks.0.self_attn.q.diff": diff, "diffusion_model.blocks.0.self_attn.q.diff_b": diff_b,
+               # the original norm3 is diffusers' norm2 (the cross-attention norm)
+               "diffusion_model.blocks.0.norm3.diff": norm_diff}, str(tmp_path / "diff.safetensors"))
+    set_lora_stack(i2v, (LoraEntry(str(tmp_path / "diff.safetensors"), 2.0),))
+    expected = dict(base)
+    expected["blocks.0.attn1.to_q.weight"] = q + 2.0 * diff
+    expected["blocks.0.attn1.to_q.bias"] = base["blocks.0.attn1.to_q.bias"] + 2.0 * diff_b
+    expected["blocks.0.norm2.weight"] = base["blocks.0.norm2.weight"] + 2.0 * norm_diff
+    assert_weights(i2v, expected)
+
+
+def test_diffusers_reference_conversion_agrees_on_comfyui_and_musubi_files(i2v, tmp_path):
+    """diffusers' own Wan LoRA converter (WanLoraLoaderMixin.lora_state_dict) as an independent reference."""
+    from diffusers.loaders.lora_pipeline import WanLoraLoaderMixin
+
+    comfy = write_tiny_lora(tmp_path / "comfy.safetensors", "i2v", rank=RANK, seed=1)
+    with safe_open(str(comfy), "pt") as file:  # the same LoRA renamed by musubi-tuner's rule (see musubi_state)
+        musubi = musubi_state({key: file.get_tensor(key) for key in file.keys()})
+    save_file(musubi, str(tmp_path / "musubi.safetensors"))
+    for path in (comfy, tmp_path / "musubi.safetensors"):
+        base = weights(i2v)
+        report = set_lora_stack(i2v, (LoraEntry(str(path), 0.5),))
+        assert report.loras[0].unmatched_keys == 0
+        with safe_open(str(path), "pt") as file:
+            reference = WanLoraLoaderMixin.lora_state_dict({key: file.get_tensor(key) for key in file.keys()})
+        expected = {name: tensor.double() for name, tensor in base.items()}
+        for key in [key for key in reference if key.endswith("lora_A.weight")]:
+            module = key.removeprefix("transformer.").removesuffix(".lora_A.weight")
+            b_key = key.replace("lora_A", "lora_B")
+            expected[f"{module}.weight"] += 0.5 * (reference[b_key].double() @ reference[key].double())
+        assert_weights(i2v, expected)
+        set_lora_stack(i2v, None)
+
+
+MUSUBI_PARTS = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight", "alpha": "alpha"}
+
+
+def musubi_state(comfy_state):
+    """musubi-tuner's naming (networks/lora_wan.py on kohya's lora.py): 'lora_unet_' + the original module path with
+    every '.' replaced by '_', then '.lora_down.weight' / '.lora_up.weight' / '.alpha'."""
+    renamed = {}
+    for key, tensor in comfy_state.items():
+        module, part = re.match(r"diffusion_model\.(.+)\.(lora_A\.weight|lora_B\.weight|alpha)$", key).groups()
+        renamed[f"lora_unet_{module.replace('.', '_')}.{MUSUBI_PARTS[part]}"] = tensor
+    return renamed
+
+
+# ---- files written outside the project -------------------------------------------------------------------------
+
+
+def test_a_peft_lora_saved_by_diffusers_applies_with_zero_unmatched_keys(i2v, tmp_path):
+    """peft injects the adapter into a copy of the tiny transformer; diffusers' WanPipeline saves it."""
+    from diffusers import WanPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    trained = copy.deepcopy(i2v.transformer)
+    config = LoraConfig(r=RANK, lora_alpha=8, init_lora_weights=False,
+                        target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj",
+                                        "ffn.net.0.proj", "ffn.net.2", "linear_1", "time_proj"])
+    trained.add_adapter(config)
+    WanPipeline.save_lora_weights(tmp_path, transformer_lora_layers=get_peft_model_state_dict(trained),
+                                  transformer_lora_adapter_metadata=config.to_dict())
+    base = weights(i2v)
+    report = set_lora_stack(i2v, (LoraEntry(str(tmp_path), 1.5),))  # the folder diffusers wrote
+    assert report.loras[0].unmatched_keys == 0 and report.loras[0].applied_keys > 0
+    expected = dict(base)
+    for name, module in trained.named_modules():
+        if hasattr(module, "get_delta_weight"):  # peft's own delta: lora_alpha / r * B @ A
+            expected[f"{name}.weight"] = base[f"{name}.weight"] + 1.5 * module.get_delta_weight("default")
+    assert report.patched_weights == sum(hasattr(m, "get_delta_weight") for m in trained.modules())
+    assert_weights(i2v, expected)
+
+
+def test_a_musubi_lora_named_from_the_model_file_applies_with_zero_unmatched_keys(i2v, tiny_paths, tmp_path):
+    """Names come from the ComfyUI model file on disk (original Wan names), renamed by musubi's rule; musubi trains
+    the linear layers of the attention blocks (WanAttentionBlock) and excludes norms and embeddings."""
+    generator = torch.Generator().manual_seed(9)
+    state = {}
+    with safe_open(str(tiny_paths["i2v"]), "pt") as model_file:
+        for key in model_file.keys():
+            shape = model_file.get_slice(key).get_shape()
+            if key.startswith("blocks.") and key.endswith(".weight") and len(shape) == 2 and "norm" not in key:
+                name = "lora_unet_" + key.removesuffix(".weight").replace(".", "_")
+                state[f"{name}.lora_down.weight"] = torch.randn(8, shape[1], generator=generator)
+                state[f"{name}.lora_up.weight"] = torch.randn(shape[0], 8, generator=generator)
+                state[f"{name}.alpha"] = torch.tensor(4.0)
+    save_file(state, str(tmp_path / "musubi.safetensors"))
+    report = set_lora_stack(i2v, (LoraEntry(str(tmp_path / "musubi.safetensors")),))
+    assert report.loras[0].unmatched_keys == 0
+    assert report.loras[0].applied_keys == len(state) and report.patched_weights == len(state) // 3
+
+
+# ---- stacks, reuse, reports ------------------------------------------------------------------------------------
+
+
+def test_switching_stacks_without_reloading_and_reapplying_is_a_no_op(i2v, tmp_path):
+    base = weights(i2v)
+    first, second = known_pairs(i2v.transformer, seed=1), known_pairs(i2v.transformer, MODULES[:3], seed=2)
+    a = lora_file(tmp_path / "a.safetensors", first, "comfyui")
+    b = lora_file(tmp_path / "b.safetensors", second, "diffusers")
+    set_lora_stack(i2v, extend_stack(None, [LoraEntry(a, 1.0), LoraEntry(b, 0.5)]))
+    assert_weights(i2v, formula(base, [(first, 1.0), (second, 0.5)]))
+    report = set_lora_stack(i2v, (LoraEntry(b, 2.0),))
+    assert_weights(i2v, formula(base, [(second, 2.0)]))
+    patched = weights(i2v)
+    assert set_lora_stack(i2v, (LoraEntry(b, 2.0),)) is report
+    assert_bit_exact(i2v, patched)
+    set_lora_stack(i2v, ())
+    assert_bit_exact(i2v, base)
+
+
+def test_an_i2v_lora_on_the_t2v_model_skips_image_keys_and_says_so(t2v, tmp_path, caplog):
+    path = write_tiny_lora(tmp_path / "i2v.safetensors", "i2v")
+    with safe_open(str(path), "pt") as file:
+        image_keys = [key for key in file.keys() if "_img." in key]
+        other_keys = len(file.keys()) - len(image_keys)
+    with caplog.at_level(logging.WARNING, logger="wanflow"):
+        report = set_lora_stack(t2v, (LoraEntry(str(path)),))
+    (result,) = report.loras
+    assert image_keys and result.skipped_image_keys == len(image_keys)
+    assert result.applied_keys == other_keys and result.unmatched_keys == 0
+    assert "image-to-video" in caplog.text and "skipped" in report.summary()
+
+
+def test_a_t2v_lora_works_on_the_i2v_model(i2v, tmp_path):
+    base = weights(i2v)
+    path = write_tiny_lora(tmp_path / "t2v.safetensors", "t2v")
+    report = set_lora_stack(i2v, (LoraEntry(str(path)),))
+    assert report.loras[0].unmatched_keys == 0 and not report.warnings
+    changed = sum(not torch.equal(param, base[name]) for name, param in i2v.transformer.named_parameters())
+    assert report.patched_weights == changed == 20  # 10 linear layers in each of the 2 blocks, no image layers
+
+
+def test_unmatched_keys_are_counted_named_and_warned(i2v, tmp_path, caplog):
+    pairs = known_pairs(i2v.transformer, MODULES[:1])
+    path = lora_file(tmp_path / "some.safetensors", pairs, "comfyui")
+    with safe_open(path, "pt") as file:
+        state = {key: file.get_tensor(key) for key in file.keys()}
+    state["diffusion_model.blocks.7.self_attn.q.lora_A.weight"] = torch.zeros(RANK, 256)  # no block 7 in the model
+    state["diffusion_model.blocks.7.self_attn.q.lora_B.weight"] = torch.zeros(256, RANK)
+    state["diffusion_model.blocks.0.self_attn.k.lora_A.weight"] = torch.zeros(RANK, 256)  # half a pair
+    save_file(state, path)
+    with caplog.at_level(logging.WARNING, logger="wanflow"):
+        report = set_lora_stack(i2v, (LoraEntry(path),))
+    (result,) = report.loras
+    assert result.unmatched_keys == 3 and result.applied_keys == 3
+    assert "diffusion_model.blocks.7.self_attn.q.lora_A.weight" in result.unmatched_examples
+    assert "3 keys match no layer" in caplog.text and report.warnings
+
+
+# ---- errors ----------------------------------------------------------------------------------------------------
+
+
+def test_scale_and_count_limits_name_the_lora():
+    with pytest.raises(WanInputError, match=r"scale of LoRA 'style.safetensors'=4.5.*0.0 to 4.0"):
+        LoraEntry("style.safetensors", 4.5)
+    with pytest.raises(WanInputError, match="4 LoRAs given to one stack node: allowed at most 3"):
+        extend_stack(None, [LoraEntry(f"{n}.safetensors") for n in range(4)])
+
+
+def test_bad_files_are_refused_before_any_weight_changes(i2v, tmp_path):
+    good = lora_file(tmp_path / "good.safetensors", known_pairs(i2v.transformer), "comfyui")
+    set_lora_stack(i2v, (LoraEntry(good, 1.0),))
+    patched = weights(i2v)
+    (tmp_path / "broken.safetensors").write_bytes(b"this is not a safetensors file")
+    save_file({"blocks.0.self_attn.q.weight": torch.zeros(2, 2)}, str(tmp_path / "model.safetensors"))
+    big = {"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(RANK, 512),
+           "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(512, RANK)}
+    save_file(big, str(tmp_path / "other_size.safetensors"))
+    cases = {"broken.safetensors": "not a readable .safetensors file", "model.safetensors": "has no LoRA keys",
+             "missing.safetensors": "no such file", "other_size.safetensors": "made for another Wan model size"}
+    for name, message in cases.items():
+        with pytest.raises(WanInputError, match=rf"LoRA '{name}'.*{message}"):
+            set_lora_stack(i2v, (LoraEntry(good, 2.0), LoraEntry(name)), loras_dir=tmp_path)
+        assert_bit_exact(i2v, patched)
+
+
+# ---- fp8 storage -----------------------------------------------------------------------------------------------
+
+
+def bits(tensor):
+    return tensor.view(torch.uint8) if tensor.dtype == torch.float8_e4m3fn else tensor
+
+
+def test_fp8_stored_weights_patch_in_float32_and_cast_back(tiny_i2v, tmp_path):
+    transformer = copy.deepcopy(tiny_i2v.transformer)
+    for name, param in transformer.named_parameters():
+        if name.startswith("blocks.") and param.dim() == 2:
+            param.data = param.data.to(torch.float8_e4m3fn)
+    models = WanModels(transformer, tiny_i2v.vae, tiny_i2v.text_encoder, tiny_i2v.tokenizer)
+    base = weights(models)
+    pairs = known_pairs(transformer, MODULES[:3], seed=4)
+    set_lora_stack(models, (LoraEntry(lora_file(tmp_path / "a.safetensors", pairs, "comfyui"), 0.8),))
+    exact = formula(base, [(pairs, 0.8)])
+    for name, param in transformer.named_parameters():
+        assert param.dtype == base[name].dtype, name
+        if param.dtype == torch.float8_e4m3fn:  # within half a step of e4m3's 3-bit mantissa of the exact sum
+            assert ((param.double() - exact[name]).abs() <= 2 ** -4 * exact[name].abs() + 2 ** -10).all(), name
+    assert not torch.equal(bits(transformer.blocks[1].attn1.to_q.weight), bits(base["blocks.1.attn1.to_q.weight"]))
+    set_lora_stack(models, None)
+    for name, param in transformer.named_parameters():
+        assert torch.equal(bits(param), bits(base[name])), name
+
+
+# ---- hub cache -------------------------------------------------------------------------------------------------
+
+HUB_SCRIPT = """
+import json, sys
+from wan_core.errors import WanInputError
+from wan_core.lora_sources import resolve_lora_file
+from wan_core.lora_stack import LoraEntry
+results = {}
+for repo, weight_name in [("owner/one", None), ("owner/two", None), ("owner/two", "b.safetensors"), ("owner/gone", None)]:
+    try:
+        results[f"{repo}:{weight_name}"] = str(resolve_lora_file(LoraEntry(repo, weight_name=weight_name)))
+    except WanInputError as error:
+        results[f"{repo}:{weight_name}"] = "error: " + str(error)
+print(json.dumps(results))
+"""
+
+
+def _cache_repo(hub_cache: Path, repo: str, files: dict[str, bytes]) -> Path:
+    """huggingface_hub's on-disk cache layout: models--owner--name/{refs/main, snapshots/<commit>/<file>}."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = hub_cache / ("models--" + repo.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, data in files.items():
+        (snapshot / name).write_bytes(data)
+    return snapshot
+
+
+def test_hub_repos_come_from_huggingface_hubs_cache_offline(tmp_path):
+    lora = write_tiny_lora(tmp_path / "x.safetensors").read_bytes()
+    hf_home = tmp_path / "hf"
+    one = _cache_repo(hf_home / "hub", "owner/one", {"style.safetensors": lora, "README.md": b"hi"})
+    two = _cache_repo(hf_home / "hub", "owner/two", {"a.safetensors": lora, "b.safetensors": lora})
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    env.pop("HF_HUB_CACHE", None)
+    done = subprocess.run([sys.executable, "-c", HUB_SCRIPT], env=env, capture_output=True, text=True, check=True)
+    results = json.loads(done.stdout)
+    assert results["owner/one:None"] == str(one / "style.safetensors")
+    assert results["owner/two:None"].startswith("error: LoRA 'owner/two' holds 2 .safetensors files")
+    assert "a.safetensors, b.safetensors" in results["owner/two:None"]
+    assert results["owner/two:b.safetensors"] == str(two / "b.safetensors")
+    assert results["owner/gone:None"].startswith("error: LoRA 'owner/gone': the hub cannot be reached (offline")
+
+
+# ---- URL downloads ---------------------------------------------------------------------------------------------
+
+
+class LoraServer(http.server.ThreadingHTTPServer):
+    """Serves one file with Range support; cut_after makes the next full response stop after that many bytes."""
+
+    def __init__(self, data: bytes):
+        super().__init__(("127.0.0.1", 0), RangeHandler)
+        self.data, self.cut_after, self.requests = data, None, []
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}/files/style.safetensors"
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        server, data = self.server, self.server.data
+        server.requests.append(self.headers.get("Range"))
+        start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers.get("Range") else 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        body = data[start:]
+        if server.cut_after is not None:
+            body, server.cut_after = body[:server.cut_after], None
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def lora_server(tmp_path):
+    server = LoraServer(write_tiny_lora(tmp_path / "served.safetensors", "t2v").read_bytes())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_url_download_resumes_after_a_cut_off_and_is_reused(lora_server, tmp_path):
+    cache = tmp_path / "loras"
+    lora_server.cut_after = len(lora_server.data) // 2
+    with pytest.raises(WanInputError, match=rf"LoRA '{lora_server.url}': download failed.*resumes"):
+        download_lora_url(lora_server.url, cache)
+    partial = url_cache_path(lora_server.url, cache).with_suffix(".safetensors.part")
+    kept = partial.stat().st_size  # the whole chunks that arrived before the cut
+    assert 0 < kept <= len(lora_server.data) // 2
+    path = download_lora_url(lora_server.url, cache)
+    assert lora_server.requests == [None, f"bytes={kept}-"]
+    assert path.read_bytes() == lora_server.data and not partial.exists()
+    assert download_lora_url(lora_server.url, cache) == path and len(lora_server.requests) == 2
+
+
+def test_a_url_lora_applies_through_the_stack(lora_server, t2v):
+    base = weights(t2v)
+    report = set_lora_stack(t2v, (LoraEntry(lora_server.url, 1.0),))
+    assert report.loras[0].applied_keys > 0 and report.loras[0].unmatched_keys == 0
+    assert not all(torch.equal(param, base[name]) for name, param in t2v.transformer.named_parameters())
+
+
+def test_a_corrupt_download_is_refused_and_dropped(lora_server, tmp_path):
+    lora_server.data = b"\x10" + lora_server.data[1:]  # the header length no longer matches the file
+    with pytest.raises(WanInputError, match="not a complete .safetensors file"):
+        download_lora_url(lora_server.url, tmp_path / "loras")
+    assert not list((tmp_path / "loras").iterdir())
+
+
+def test_an_unreachable_url_is_a_clear_error(tmp_path):
+    server = http.server.HTTPServer(("127.0.0.1", 0), RangeHandler)
+    url = f"http://127.0.0.1:{server.server_address[1]}/style.safetensors"
+    server.server_close()  # the port is now closed: nothing answers there
+    with pytest.raises(WanInputError, match=rf"LoRA '{url}': download failed"):
+        download_lora_url(url, tmp_path)
+
+
+# ---- command line ----------------------------------------------------------------------------------------------
+
+CLI_SMALL = ["--model", "tiny", "--image", str(ROOT / "examples" / "first_frame.png"), "--prompt", "a valley",
+             "--size", "80*64", "--frames", "9", "--steps", "2", "--seed", "3"]
+
+
+def test_cli_lora_option_changes_the_video_and_reports(tiny_cache, tmp_path, capsys):
+    from wan_core.cli import main
+    from wan_core.video_io import read_video
+
+    lora = write_tiny_lora(tmp_path / "style.safetensors", "i2v", seed=7)
+    assert main(["i2v", *CLI_SMALL, "--out", str(tmp_path / "base.mp4")]) == 0
+    assert main(["i2v", *CLI_SMALL, "--lora", f"{lora}:4", "--out", str(tmp_path / "lora.mp4")]) == 0
+    assert f"{lora} x4: 72 keys applied" in capsys.readouterr().err  # 2 blocks x 12 linear layers x (A, B, alpha)
+    base, styled = read_video(tmp_path / "base.mp4")[0], read_video(tmp_path / "lora.mp4")[0]
+    assert (base - styled).abs().mean() > 1e-3
+
+
+def test_cli_refuses_a_missing_lora_before_loading(tiny_cache, tmp_path, capsys):
+    from wan_core.cli import main
+
+    assert main(["i2v", *CLI_SMALL, "--lora", "nothing.safetensors:0.5", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "LoRA 'nothing.safetensors': no such file" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
