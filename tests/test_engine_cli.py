@@ -122,12 +122,13 @@ def test_bad_input_is_refused_before_any_model_is_built(tmp_path, monkeypatch, c
 def test_tiny_models_are_written_in_comfyui_folders_and_generate(tmp_path):
     assert main(["tiny-models", "--models-dir", str(tmp_path / "models")]) == 0
     folders = sorted(path.parent.name for path in (tmp_path / "models").glob("*/*.safetensors"))
-    assert folders == ["clip_vision", "diffusion_models", "diffusion_models", "text_encoders", "vae"]
+    assert folders == ["clip_vision", "diffusion_models", "diffusion_models", "loras", "loras", "text_encoders", "vae"]
     models = tmp_path / "models"
     out = tmp_path / "out.mp4"
     assert main(["i2v", "--diffusion-model", str(models / "diffusion_models" / "wan2.1_tiny_i2v.safetensors"),
                  "--vae", str(models / "vae" / "wan2.1_tiny_vae.safetensors"),
                  "--text-encoder", str(models / "text_encoders" / "umt5_tiny.safetensors"),
                  "--clip-vision", str(models / "clip_vision" / "clip_vision_tiny.safetensors"),
+                 "--lora", str(models / "loras" / "wan21_tiny_i2v_lora.safetensors"),
                  "--image", str(IMAGE), "--prompt", "x", *SMALL, "--out", str(out)]) == 0
     assert read_video(out)[0].shape == (9, 64, 80, 3)
