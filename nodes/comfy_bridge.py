@@ -93,14 +93,15 @@ class LoadedWan:
 _loaded: weakref.WeakValueDictionary[tuple, LoadedWan] = weakref.WeakValueDictionary()
 
 
-def load_wan(files: tuple[Path, Path, Path, Path | None], dtype: torch.dtype) -> LoadedWan:
+def load_wan(files: tuple[Path, Path, Path, Path | None], dtype: torch.dtype, weight_storage: str) -> LoadedWan:
     from ..wan_core.loading import load_models
 
-    key = (*files, *(path.stat().st_mtime_ns for path in files if path), dtype)
+    key = (*files, *(path.stat().st_mtime_ns for path in files if path), dtype, weight_storage)
     loaded = _loaded.get(key)
     if loaded is None:
         started = time.perf_counter()
-        models = load_models(*files, dtype=dtype, device=comfy.model_management.unet_offload_device())
+        models = load_models(*files, dtype=dtype, device=comfy.model_management.unet_offload_device(),
+                             weight_storage=weight_storage)
         loaded = _loaded[key] = LoadedWan(models)
         log.info("WanFlow: loaded %s in %.1f s", files[0].name, time.perf_counter() - started)
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..wan_core.lora_stack import MAX_LORAS_PER_NODE, SCALE_RANGE, LoraEntry, extend_stack
+from ..wan_core.precision import WEIGHT_STORAGES
 from .comfy_bridge import CATEGORY, NONE, WanLorasType, WanModel, WanModelType, compute_dtype, folder_choices, \
     folder_file, load_wan, missing_from_folders
 
@@ -32,6 +33,9 @@ class LoadWanModel(io.ComfyNode):
                                        "'none' for text-to-video ones."),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
                                tooltip="Compute precision; auto picks bf16 or fp16 on a GPU, fp32 on the CPU."),
+                io.Combo.Input("weight_storage", options=list(WEIGHT_STORAGES), default=WEIGHT_STORAGES[0],
+                               tooltip="fp8 keeps the diffusion model's weights in float8 (half the memory of "
+                                       "bf16) and upcasts one layer at a time to the compute precision."),
                 WanLorasType.Input("loras", optional=True, tooltip="LoRAs from a Wan LoRA Stack node."),
             ],
             outputs=[WanModelType.Output(display_name="model")],
@@ -43,10 +47,10 @@ class LoadWanModel(io.ComfyNode):
                                     ("text_encoders", text_encoder), ("clip_vision", clip_vision))
 
     @classmethod
-    def execute(cls, diffusion_model, vae, text_encoder, clip_vision, dtype, loras=None) -> io.NodeOutput:
+    def execute(cls, diffusion_model, vae, text_encoder, clip_vision, dtype, weight_storage, loras=None):
         files = (folder_file("diffusion_models", diffusion_model), folder_file("vae", vae),
                  folder_file("text_encoders", text_encoder), folder_file("clip_vision", clip_vision))
-        return io.NodeOutput(WanModel(load_wan(files, compute_dtype(dtype)), tuple(loras or ())))
+        return io.NodeOutput(WanModel(load_wan(files, compute_dtype(dtype), weight_storage), tuple(loras or ())))
 
 
 def _lora_inputs(slot: int) -> list[io.Input]:

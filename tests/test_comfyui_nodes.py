@@ -206,3 +206,12 @@ def test_remote_workflow_runs_against_the_provider_stand_in(comfy):
     (submit,) = comfy.standin.calls("submit")
     assert "i2v-480p" in submit.path and submit.json["prompt"].startswith("A sunlit mountain valley")
     assert FAKE_KEY not in comfy.log() and FAKE_KEY not in json.dumps(entry)
+
+
+def test_fp8_weight_storage_runs_the_workflow(comfy):
+    workflow = tiny_workflow("wan21_i2v_480p")
+    workflow[node_of(workflow, "LoadWanModel")]["inputs"]["weight_storage"] = "fp8"
+    entry = comfy.run(workflow)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (video,) = saved_files(comfy, entry, node_of(workflow, "SaveVideo"))
+    assert read_video(video)[0].shape == (9, 64, 80, 3)
