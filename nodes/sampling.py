@@ -43,7 +43,8 @@ def _params(prompt, negative_prompt, width, height, frames, steps, guidance, flo
                           **extra)
 
 
-def _latent(generation) -> io.NodeOutput:
+def _sample(generate, model, media: torch.Tensor, params: SamplingParams) -> io.NodeOutput:
+    generation = generate(model.ready(), media, params, step_progress(params.steps))
     # ComfyUI's Wan 2.1 convention: raw VAE-space latents [B, 16, T, H/8, W/8], so core VAEDecode works on them
     return io.NodeOutput({"samples": generation.latents})
 
@@ -68,8 +69,7 @@ class WanI2VSampler(io.ComfyNode):
     def execute(cls, model, image, **inputs) -> io.NodeOutput:
         from ..wan_core.pipeline import generate_i2v
 
-        params = _params(**inputs)
-        return _latent(generate_i2v(model.ready(), image, params, step_progress(params.steps)))
+        return _sample(generate_i2v, model, image, _params(**inputs))
 
 
 class WanV2VSampler(io.ComfyNode):
@@ -95,8 +95,8 @@ class WanV2VSampler(io.ComfyNode):
     def execute(cls, model, video, strength, frames, **inputs) -> io.NodeOutput:
         from ..wan_core.pipeline import generate_v2v
 
-        params = _params(frames=min(frames, whole_clip_frames(video.shape[0])), strength=strength, **inputs)
-        return _latent(generate_v2v(model.ready(), video, params, step_progress(params.steps)))
+        frames = min(frames, whole_clip_frames(video.shape[0]))
+        return _sample(generate_v2v, model, video, _params(frames=frames, strength=strength, **inputs))
 
 
 class WanVAEDecode(io.ComfyNode):
