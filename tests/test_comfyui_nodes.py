@@ -90,12 +90,17 @@ def test_i2v_workflow_writes_the_video_and_reuses_the_loaded_model(comfy):
     assert len(messages.previews) >= SMALL["steps"]
 
 
+def cached_nodes(entry: dict) -> list[str]:
+    return [node for kind, data in entry["status"]["messages"] if kind == "execution_cached" for node in data["nodes"]]
+
+
 def test_v2v_lora_workflow_writes_the_video(comfy):
     workflow = tiny_workflow("wan21_v2v_480p_lora")
     entry = comfy.run(workflow)
     assert entry["status"]["status_str"] == "success", entry["status"]
     (video,) = saved_files(comfy, entry, node_of(workflow, "SaveVideo"))
     assert read_video(video)[0].shape == (9, 64, 80, 3)
+    assert node_of(workflow, "LoadWanModel") in cached_nodes(comfy.run(workflow))  # an identical post reuses it
     (applied,) = [line for line in comfy.log().splitlines() if f"{TINY_LORA} x1: " in line]
     assert "keys applied" in applied and "unmatched" not in applied
 
@@ -206,6 +211,42 @@ def test_remote_workflow_runs_against_the_provider_stand_in(comfy):
     (submit,) = comfy.standin.calls("submit")
     assert "i2v-480p" in submit.path and submit.json["prompt"].startswith("A sunlit mountain valley")
     assert FAKE_KEY not in comfy.log() and FAKE_KEY not in json.dumps(entry)
+    again = comfy.run(workflow)
+    assert node_of(workflow, "RemoteWanAPI") in cached_nodes(again) and len(comfy.standin.calls("submit")) == 1
+
+
+def test_remote_task_failure_is_said_in_the_node_error(comfy):
+    workflow = tiny_workflow("remote_wan_i2v")
+    workflow[node_of(workflow, "RemoteWanAPI")]["inputs"]["seed"] = 5
+    comfy.standin.outcome = "failed"
+    try:
+        entry = comfy.run(workflow)
+    finally:
+        comfy.standin.outcome = "success"
+    assert entry["status"]["status_str"] == "error"
+    assert "Task failed" in error_message(entry) and comfy.standin.fail_reason in error_message(entry)
+    assert FAKE_KEY not in json.dumps(entry)
+
+
+def test_cancel_stops_waiting_for_the_remote_job(comfy):
+    workflow = tiny_workflow("remote_wan_i2v")
+    workflow[node_of(workflow, "RemoteWanAPI")]["inputs"]["seed"] = 6
+    comfy.standin.outcome = "never"
+    polls_before = len(comfy.standin.calls("poll"))
+    try:
+        prompt_id = comfy.queue(workflow)
+        deadline = time.monotonic() + 120
+        while len(comfy.standin.calls("poll")) == polls_before:
+            assert time.monotonic() < deadline, "the job was never polled"
+            time.sleep(0.05)
+        comfy.post("/interrupt", {})
+        entry = comfy.wait(prompt_id, timeout=30)
+        polls_at_end = len(comfy.standin.calls("poll"))
+        time.sleep(4)  # longer than the poll interval: a waiter still running would poll again
+    finally:
+        comfy.standin.outcome = "success"
+    assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"])
+    assert len(comfy.standin.calls("poll")) == polls_at_end
 
 
 def test_fp8_weight_storage_runs_the_workflow(comfy):
