@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 from comfyui_server import TINY, TINY_LORA, ComfyServer, load_json

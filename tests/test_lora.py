@@ -513,3 +513,17 @@ def test_cli_refuses_a_missing_lora_before_loading(tiny_cache, tmp_path, capsys)
     assert main(["i2v", *CLI_SMALL, "--lora", "nothing.safetensors:0.5", "--out", str(tmp_path / "x.mp4")]) == 2
     assert "LoRA 'nothing.safetensors': no such file" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_lora_text_names_a_repo_file_a_url_or_a_path(tmp_path):
+    in_repo = LoraEntry.from_text("motimalu/wan-flat-color-v2/flat_color.safetensors", 0.5)
+    assert (in_repo.source, in_repo.weight_name, in_repo.scale) == ("motimalu/wan-flat-color-v2", "flat_color.safetensors", 0.5)
+    assert in_repo.is_hub_repo and not in_repo.is_url
+    url = LoraEntry.from_text("https://example.com/loras/style.safetensors")
+    assert url.is_url and url.weight_name is None and not url.is_hub_repo
+    local = tmp_path / "a" / "b.safetensors"
+    local.parent.mkdir()
+    local.write_bytes(b"")
+    entry = LoraEntry.from_text(str(local))
+    assert (entry.source, entry.weight_name, entry.is_hub_repo) == (str(local), None, False)
+    assert not LoraEntry.from_text("style.safetensors").is_hub_repo

@@ -106,4 +106,9 @@ def add_parser(subparsers):
     parser.add_argument("--models-dir", required=True, help="ComfyUI models folder; files go to its subfolders")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16",
                         help="diffusion model precision (fp8 sets use the fp8 scaled text encoder); default fp16")
-    parser.set_defaults(run=lambda args: (download_set(args.set, args.models_dir, args.precision), 0)[1])
+    parser.set_defaults(run=run_download)
+
+
+def run_download(args) -> int:
+    download_set(args.set, args.models_dir, args.precision)
+    return 0

@@ -8,9 +8,7 @@ weights, and materialise each tensor once in its final dtype.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -18,17 +17,13 @@ from huggingface_hub import hf_hub_download, list_repo_files, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 from safetensors import SafetensorError, safe_open
 
+from .cache import wanflow_cache_dir
 from .errors import WanInputError
 from .lora_stack import LoraEntry
 
-HUB_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 LORA_SUFFIX = ".safetensors"
 DOWNLOAD_CHUNK = 1 << 16  # a cut-off connection loses the chunk being read: keep it small so resuming loses little
 DOWNLOAD_TIMEOUT = (10, 60)  # seconds to connect, seconds between bytes
-
-
-def wanflow_cache_dir() -> Path:
-    return Path(os.environ.get("WANFLOW_CACHE") or Path.home() / ".cache" / "wanflow")
 
 
 def resolve_lora_file(entry: LoraEntry, loras_dir: Path | None = None) -> Path:
@@ -42,7 +37,7 @@ def resolve_lora_file(entry: LoraEntry, loras_dir: Path | None = None) -> Path:
         if candidate.is_dir():  # a folder as diffusers' save_lora_weights writes it
             names = sorted(path.name for path in candidate.glob(f"*{LORA_SUFFIX}"))
             return candidate / choose_weight_file(names, entry.weight_name, source)
-    if HUB_REPO_ID.match(source) and not source.endswith(LORA_SUFFIX):
+    if entry.is_hub_repo:
         return hub_lora_file(source, entry.weight_name)
     where = f" or in the loras folder {str(loras_dir)!r}" if loras_dir else ""
     raise WanInputError(f"LoRA {source!r}: no such file{where}, and it is not a hub repo id (owner/name) "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from .errors import WanInputError, check_range
 MAX_LORAS_PER_NODE = 3
 MAX_LORAS = 3  # in a whole stack, as the hosted APIs take them
 SCALE_RANGE = (0.0, 4.0)
+HUB_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 
 
 @dataclass(frozen=True)
@@ -28,17 +31,27 @@ class LoraEntry:
     @classmethod
     def from_text(cls, text: str, scale: float = 1.0) -> LoraEntry:
         """'owner/name', 'owner/name/file.safetensors' (a repo holding several), an http(s) URL or a file path."""
-        text = text.strip()
-        parts = text.split("/")
-        if text.startswith(("http://", "https://")) or Path(text).exists() or text.startswith(("/", ".", "~")):
-            return cls(text, scale)
-        if len(parts) > 2 and all(parts):
-            return cls("/".join(parts[:2]), scale, "/".join(parts[2:]))
-        return cls(text, scale)
+        entry = cls(text.strip(), scale)
+        parts = entry.source.split("/")  # a URL has an empty part after "https:"
+        if len(parts) > 2 and all(parts) and not entry.is_local_path:
+            in_repo = cls("/".join(parts[:2]), scale, "/".join(parts[2:]))
+            if in_repo.is_hub_repo:
+                return in_repo
+        return entry
 
     @property
     def is_url(self) -> bool:
         return self.source.startswith(("http://", "https://"))
+
+    @property
+    def is_local_path(self) -> bool:
+        return self.source.startswith(("/", ".", "~")) or Path(self.source).expanduser().exists()
+
+    @property
+    def is_hub_repo(self) -> bool:
+        """owner/name, and neither a weight file's name nor a path on this machine."""
+        return bool(HUB_REPO_ID.match(self.source)) and not self.source.endswith(WEIGHT_FILE_SUFFIXES) \
+            and not self.is_local_path
 
 
 LoraStack = tuple[LoraEntry, ...]

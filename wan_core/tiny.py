@@ -16,6 +16,7 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
+from .cache import wanflow_cache_dir
 from .loading import TOKENIZER_TENSOR, WAN_HEAD_DIM
 from .wan_names import rename, transformer_key_to_wan
 
@@ -145,7 +146,7 @@ def write_tiny_models(models_dir) -> dict[str, Path]:
 
 def tiny_model_paths(cache_dir=None) -> dict[str, Path]:
     """The tiny model files, written once into a cache folder ($WANFLOW_CACHE or ~/.cache/wanflow)."""
-    cache_dir = Path(cache_dir or os.environ.get("WANFLOW_CACHE") or Path.home() / ".cache" / "wanflow") / "tiny"
+    cache_dir = Path(cache_dir or wanflow_cache_dir()) / "tiny"
     paths = {component: cache_dir / folder / name for component, (folder, name) in TINY_FILES.items()}
     if not all(path.is_file() for path in paths.values()):
         paths = write_tiny_models(cache_dir)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import re
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -125,10 +123,6 @@ def payload_fields(request: RemoteRequest, params: Mapping[str, Param]) -> dict:
     return payload
 
 
-HUB_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-WEIGHT_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
-
-
 def lora_payload(loras: LoraStack) -> list[dict] | None:
     """[{path, scale}] as WaveSpeedAI and Novita take them; None for no LoRAs so the field is left out."""
     return [{"path": hosted_lora_path(entry), "scale": entry.scale} for entry in loras] or None
@@ -139,8 +133,7 @@ def hosted_lora_path(entry: LoraEntry) -> str:
     source = entry.source.strip()
     if entry.is_url:
         return source
-    is_repo_id = HUB_REPO_ID.match(source) and not source.endswith(WEIGHT_FILE_SUFFIXES) and not os.path.exists(source)
-    if not is_repo_id:
+    if not entry.is_hub_repo:
         raise RemoteInputError(
             f"LoRA source={source!r} is not a hub repo id (owner/name) or an http(s) URL: a hosted API fetches "
             "LoRAs itself, so it cannot use a file on this machine"
