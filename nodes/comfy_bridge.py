@@ -41,11 +41,12 @@ def missing_from_folders(*choices: tuple[str, str]) -> bool | str:
 
 
 def folder_file(kind: str, name: str) -> Path | None:
+    """The chosen file's path (None for `none`); it may have gone since the prompt was validated."""
     if name == NONE:
         return None
     path = folder_paths.get_full_path(kind, name)
     if path is None:
-        raise WanInputError(f"{kind} file {name!r} is not in ComfyUI's {kind} folder")
+        raise WanInputError(missing_from_folders((kind, name)))
     return Path(path)
 
 
