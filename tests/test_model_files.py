@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from huggingface_hub import hf_hub_download, save_torch_state_dict
 from safetensors.torch import load_file, save_file
+from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from wan_core.errors import WanInputError
-from wan_core.loading import load_clip_vision, load_models, load_text_encoder, load_transformer
+from wan_core.loading import load_clip_vision, load_models, load_text_encoder, load_transformer, load_vae
 from wan_core.model_files import resolve_model_files
 from wan_core.params import SamplingParams
 from wan_core.pipeline import generate_i2v
@@ -50,6 +54,87 @@ def to_wan_t5(state: dict) -> dict:
             _, _, index, rest = key.split(".", 3)
             out[f"blocks.{index}.{WAN_T5_NAMES[rest.removesuffix('.weight')]}.weight"] = value
     return out
+
+
+WAN_CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+# The CLIP vision tower under transformers' CLIPVisionModel names -> Wan's own (wan/modules/clip.py) and open_clip's
+# (open_clip/transformer.py), written out independently here. "qkv" is the fused projection holding q, k, v in
+# that order; Wan keeps a batch dim on its class (1, 1, dim) and position (1, 257, dim) embeddings.
+WAN_CLIP = dict(
+    top={"embeddings.patch_embedding.weight": "visual.patch_embedding.weight", "embeddings.class_embedding":
+         "visual.cls_embedding", "embeddings.position_embedding.weight": "visual.pos_embedding",
+         "pre_layrnorm.weight": "visual.pre_norm.weight", "pre_layrnorm.bias": "visual.pre_norm.bias",
+         "post_layernorm.weight": "visual.post_norm.weight", "post_layernorm.bias": "visual.post_norm.bias"},
+    blocks="visual.transformer.", qkv="attn.to_qkv.{}", batch_dims=True,
+    block={"layer_norm1": "norm1", "self_attn.out_proj": "attn.proj", "layer_norm2": "norm2", "mlp.fc1": "mlp.0",
+           "mlp.fc2": "mlp.2"})
+OPEN_CLIP = dict(
+    top={"embeddings.patch_embedding.weight": "visual.conv1.weight", "embeddings.class_embedding":
+         "visual.class_embedding", "embeddings.position_embedding.weight": "visual.positional_embedding",
+         "pre_layrnorm.weight": "visual.ln_pre.weight", "pre_layrnorm.bias": "visual.ln_pre.bias",
+         "post_layernorm.weight": "visual.ln_post.weight", "post_layernorm.bias": "visual.ln_post.bias"},
+    blocks="visual.transformer.resblocks.", qkv="attn.in_proj_{}", batch_dims=False,
+    block={"layer_norm1": "ln_1", "self_attn.out_proj": "attn.out_proj", "layer_norm2": "ln_2",
+           "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"})
+
+
+def to_open_clip_layout(state: dict, layout: dict) -> dict:
+    """CLIPVisionModel weights in an open-clip file's vision tower layout (no other tower)."""
+    out = {}
+    for key, value in state.items():
+        if match := re.match(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", key):
+            index, module, kind = match.groups()
+            if module == "self_attn.q_proj":
+                out[f"{layout['blocks']}{index}.{layout['qkv'].format(kind)}"] = torch.cat(
+                    [state[key.replace("q_proj", projection)] for projection in ("q_proj", "k_proj", "v_proj")])
+            elif module not in ("self_attn.k_proj", "self_attn.v_proj"):
+                out[f"{layout['blocks']}{index}.{layout['block'][module]}.{kind}"] = value
+        elif layout["batch_dims"] and key.startswith(("embeddings.class", "embeddings.position")):
+            out[layout["top"][key]] = value.reshape(1, -1, value.shape[-1])
+        else:
+            out[layout["top"][key]] = value
+    return out
+
+
+def to_wan_clip(state: dict) -> dict:
+    """As the Wan-AI release stores it: the vision tower, its projection head, and (small stand-ins for) the
+    XLM-RoBERTa text tower and log_scale, which image conditioning does not use."""
+    width = state["embeddings.class_embedding"].shape[0]
+    generator = torch.Generator().manual_seed(11)
+    return to_open_clip_layout(state, WAN_CLIP) | {
+        "visual.head": torch.randn(width, 16, generator=generator),
+        "textual.token_embedding.weight": torch.randn(20, 8, generator=generator),
+        "textual.blocks.0.attn.q.weight": torch.randn(8, 8, generator=generator),
+        "textual.head.0.weight": torch.randn(12, 8, generator=generator),
+        "log_scale": torch.tensor(math.log(1 / 0.07)),
+    }
+
+
+def wan_vit_reference(wan: dict, pixels: torch.Tensor, heads: int) -> torch.Tensor:
+    """Wan's VisionTransformer(pixels, use_31_block=True) computed from the ViT formulas on Wan's own names:
+    patch conv, cls prepended, positions added, pre_norm, then every block but the last, each
+    x + proj(attention(norm1(x))) with q, k, v split from to_qkv, then x + mlp.2(gelu(mlp.0(norm2(x))))."""
+    v = {key.removeprefix("visual."): value.float() for key, value in wan.items() if key.startswith("visual.")}
+    dim, patch = v["cls_embedding"].shape[-1], v["patch_embedding.weight"].shape[-1]
+    x = F.conv2d(pixels, v["patch_embedding.weight"], stride=patch).flatten(2).transpose(1, 2)
+    x = torch.cat([v["cls_embedding"].expand(len(x), 1, dim), x], dim=1) + v["pos_embedding"]
+
+    def norm(x, name):
+        return F.layer_norm(x, (dim,), v[f"{name}.weight"], v[f"{name}.bias"], eps=1e-5)
+
+    def linear(x, name):
+        return F.linear(x, v[f"{name}.weight"], v[f"{name}.bias"])
+
+    x = norm(x, "pre_norm")
+    blocks = len({key.split(".")[1] for key in v if key.startswith("transformer.")})
+    for block in (f"transformer.{i}." for i in range(blocks - 1)):
+        batch, tokens, _ = x.shape
+        qkv = linear(norm(x, block + "norm1"), block + "attn.to_qkv").view(batch, tokens, 3, heads, dim // heads)
+        q, k, value = qkv.permute(2, 0, 3, 1, 4)  # each [batch, heads, tokens, head_dim]
+        attention = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dim // heads), dim=-1) @ value
+        x = x + linear(attention.transpose(1, 2).reshape(batch, tokens, dim), block + "attn.proj")
+        x = x + linear(F.gelu(linear(norm(x, block + "norm2"), block + "mlp.0")), block + "mlp.2")
+    return x
 
 
 def file_hashes(root: Path) -> dict:
@@ -116,7 +201,7 @@ def diffusers_folder(tmp_path_factory, tiny_i2v):
 
 @pytest.fixture(scope="module")
 def wan_release_folder(tmp_path_factory, tiny_paths, tiny_i2v):
-    """The Wan-AI release layout: sharded original-name safetensors with an index, .pth VAE and T5, tokenizer."""
+    """The Wan-AI release layout: sharded original-name safetensors with an index, .pth VAE, T5 and CLIP, tokenizer."""
     root = tmp_path_factory.mktemp("layouts") / "Wan2.1-I2V-tiny"
     root.mkdir()
     save_torch_state_dict(load_file(tiny_paths["i2v"]), root, max_shard_size="400KB",
@@ -124,6 +209,7 @@ def wan_release_folder(tmp_path_factory, tiny_paths, tiny_i2v):
     torch.save(load_file(tiny_paths["vae"]), root / "Wan2.1_VAE.pth")
     text_state = {k: v.clone() for k, v in tiny_i2v.text_encoder.state_dict().items()}
     torch.save(to_wan_t5(text_state), root / "models_t5_umt5-xxl-enc-bf16.pth")
+    torch.save(to_wan_clip(tiny_i2v.image_encoder.state_dict()), root / WAN_CLIP_FILE)
     (root / "google" / "umt5-xxl").mkdir(parents=True)
     (root / "google" / "umt5-xxl" / "spiece.model").write_bytes(tiny_tokenizer_model())
     assert (root / "diffusion_pytorch_model.safetensors.index.json").is_file()
@@ -140,18 +226,63 @@ def test_diffusers_folder_loads_the_same_models_and_video(diffusers_folder, tiny
     assert torch.equal(generate_i2v(models, image, SamplingParams(**SMALL)).latents, reference_latents)
 
 
-def test_wan_release_folder_loads_the_same_models(wan_release_folder, tiny_i2v, tiny_paths):
-    files = resolve_model_files(str(wan_release_folder), "i2v", clip_vision=str(tiny_paths["clip_vision"]))
+def test_wan_release_folder_loads_the_same_models_and_video(wan_release_folder, tiny_i2v, image, reference_latents):
+    files = resolve_model_files(str(wan_release_folder), "i2v")
     assert files.diffusion_model.name == "diffusion_pytorch_model.safetensors.index.json"
+    assert files.clip_vision == wan_release_folder / WAN_CLIP_FILE
     models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision,
                          tokenizer=files.tokenizer)
-    for name in ("transformer", "vae", "text_encoder"):
+    for name in ("transformer", "vae", "text_encoder", "image_encoder"):
         assert_same_weights(getattr(models, name), getattr(tiny_i2v, name))
     prompt = "a cat walks on the grass"
     assert models.tokenizer(prompt).input_ids == tiny_i2v.tokenizer(prompt).input_ids
+    assert torch.equal(generate_i2v(models, image, SamplingParams(**SMALL)).latents, reference_latents)
     # one shard given directly finds its siblings
     shard = sorted(wan_release_folder.glob("diffusion_pytorch_model-00001-of-*.safetensors"))[0]
     assert_same_weights(load_transformer(shard), tiny_i2v.transformer)
+
+
+def test_wan_clip_file_gives_the_penultimate_states_of_wans_vit(tmp_path):
+    """The mapping checked against Wan's formulas on Wan's names: q/k/v order, which norm is which, activation."""
+    config = CLIPVisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2,
+                              image_size=32, patch_size=8, hidden_act="gelu", layer_norm_eps=1e-5)
+    generator = torch.Generator().manual_seed(5)
+    state = {key: value + 0.1 * torch.randn(value.shape, generator=generator)  # no norm is left the identity
+             for key, value in CLIPVisionModel(config).state_dict().items()}
+    wan = to_wan_clip(state)
+    torch.save(wan, tmp_path / WAN_CLIP_FILE)
+    model, processor = load_clip_vision(tmp_path / WAN_CLIP_FILE)
+    assert (model.config.num_attention_heads, model.config.image_size, processor.crop_size["height"]) == (2, 32, 32)
+    pixels = torch.randn(2, 3, 32, 32, generator=generator)
+    with torch.no_grad():
+        penultimate = model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+    assert (penultimate - wan_vit_reference(wan, pixels, heads=2)).abs().max() < 1e-4
+
+
+def test_open_clip_layout_loads_the_same_image_encoder(tmp_path, tiny_i2v):
+    """open_clip's own names in a safetensors file (q, k, v read as byte ranges of in_proj), with its text tower."""
+    state = tiny_i2v.image_encoder.state_dict()
+    rest = {"token_embedding.weight": torch.ones(20, 8), "transformer.resblocks.0.attn.in_proj_weight":
+            torch.ones(24, 8), "visual.proj": torch.ones(64, 16), "logit_scale": torch.tensor(4.6)}
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file(to_open_clip_layout(state, OPEN_CLIP) | rest, str(path))
+    assert_same_weights(load_clip_vision(path)[0], tiny_i2v.image_encoder)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fp16_wan_clip_file_loads_into_the_compute_dtype(tmp_path, tiny_i2v, dtype):
+    path = tmp_path / WAN_CLIP_FILE
+    torch.save({key: value.half() for key, value in to_wan_clip(tiny_i2v.image_encoder.state_dict()).items()}, path)
+    model, _ = load_clip_vision(path, dtype)
+    rounded = {key: value.half().to(dtype) for key, value in tiny_i2v.image_encoder.state_dict().items()}
+    loaded = model.state_dict()
+    assert loaded.keys() == rounded.keys()
+    assert all(torch.equal(loaded[key], rounded[key]) for key in rounded)  # the fp16 value, cast once
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        states = model(pixel_values=pixels.to(dtype), output_hidden_states=True).hidden_states[-2]
+        reference = tiny_i2v.image_encoder(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+    assert states.dtype == dtype and relative_error(states.float(), reference) < 0.02
 
 
 def test_comfy_models_folder_with_standard_and_bare_names(tmp_path, tiny_paths, tiny_i2v):
@@ -297,11 +428,26 @@ def test_pth_files_that_are_not_plain_state_dicts_are_refused(tmp_path):
         load_transformer(code)
 
 
-def test_open_clip_file_is_named_with_what_to_use_instead(tmp_path):
-    path = tmp_path / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+def test_odd_or_truncated_open_clip_files_are_named(tmp_path, tiny_i2v):
+    path = tmp_path / WAN_CLIP_FILE
     torch.save({"visual.transformer.0.attn.to_qkv.weight": torch.zeros(6, 2), "log_scale": torch.zeros(())}, path)
-    with pytest.raises(WanInputError, match="is the original open-clip CLIP file .* use ComfyUI's clip_vision"):
+    with pytest.raises(WanInputError, match=f"CLIP vision file '.*{WAN_CLIP_FILE}' is an open-clip CLIP model but "
+                                            "lacks 'vision_model.embeddings.patch_embedding.weight'"):
         load_clip_vision(path)
+    wan = to_wan_clip(tiny_i2v.image_encoder.state_dict())
+    del wan["visual.transformer.1.mlp.2.weight"]
+    torch.save(wan, path)
+    with pytest.raises(WanInputError, match=r"lacks 1 weights this CLIP vision needs, e.g. "
+                                            r"\['encoder.layers.1.mlp.fc2.weight'\]"):
+        load_clip_vision(path)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(WanInputError, match=f"{WAN_CLIP_FILE}' is not a readable PyTorch state dict"):
+        load_clip_vision(path)
+
+
+def test_the_clip_file_in_another_slot_is_named(wan_release_folder):
+    with pytest.raises(WanInputError, match=f"VAE file '.*{WAN_CLIP_FILE}' is an open-clip CLIP model, not a Wan VAE"):
+        load_vae(wan_release_folder / WAN_CLIP_FILE)
 
 
 def test_text_encoder_without_tokenizer_offline_says_where_to_put_it(tiny_paths, tmp_path, monkeypatch):
@@ -331,10 +477,10 @@ def test_tokenizer_from_a_real_huggingface_hub_cache(tiny_paths, tmp_path, monke
     assert tokenizer("a cat walks").input_ids == tiny_i2v.tokenizer("a cat walks").input_ids
 
 
-def test_loading_every_layout_changes_nothing_on_disk(diffusers_folder, wan_release_folder, tiny_cache, tiny_paths):
+def test_loading_every_layout_changes_nothing_on_disk(diffusers_folder, wan_release_folder, tiny_cache):
     before = file_hashes(diffusers_folder) | file_hashes(wan_release_folder) | file_hashes(tiny_cache)
     for folder in (diffusers_folder, wan_release_folder):
-        files = resolve_model_files(str(folder), "i2v", clip_vision=str(tiny_paths["clip_vision"]))
+        files = resolve_model_files(str(folder), "i2v")
         load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision,
                     tokenizer=files.tokenizer, weight_storage="fp8")
     after = file_hashes(diffusers_folder) | file_hashes(wan_release_folder) | file_hashes(tiny_cache)

@@ -17,6 +17,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -27,6 +28,15 @@ SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.sa
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 
+class TensorPart(NamedTuple):
+    """Where a module parameter comes from when it is not a whole file tensor: rows `rows` (a slice(start, stop))
+    of dim 0 of `key`, e.g. q, k or v of a fused projection, viewed in `shape`."""
+
+    key: str
+    shape: tuple
+    rows: slice | None = None
+
+
 class Checkpoint:
     """Common part: where it is, which slot it was given for, and how to refuse it with both named."""
 
@@ -34,8 +44,17 @@ class Checkpoint:
     role: str
     shapes: dict[str, tuple]
 
-    def tensor(self, key: str) -> torch.Tensor:
+    def tensor(self, key: str, rows: slice | None = None) -> torch.Tensor:
+        """A fresh tensor; with rows, only those rows of dim 0 are read (the rest of the tensor is never copied)."""
         raise NotImplementedError
+
+    def shape_of(self, source: str | TensorPart) -> tuple:
+        return self.shapes[source] if isinstance(source, str) else source.shape
+
+    def read(self, source: str | TensorPart) -> torch.Tensor:
+        if isinstance(source, str):
+            return self.tensor(source)
+        return self.tensor(source.key, source.rows).reshape(source.shape)  # a fresh tensor: reshape is a view
 
     def fail(self, message: str):
         raise WanInputError(f"{self.role} file {str(self.path)!r} {message}")
@@ -65,10 +84,15 @@ class SafetensorsFile(Checkpoint):
                 "give a .safetensors file such as ComfyUI's repackaged Wan 2.1 files"
             ) from None
 
-    def tensor(self, key: str) -> torch.Tensor:
+    def tensor(self, key: str, rows: slice | None = None) -> torch.Tensor:
         entry = self._entries[key]
         begin, end = entry["data_offsets"]
-        tensor = torch.empty(self.shapes[key], dtype=SAFETENSORS_DTYPES[entry["dtype"]])
+        shape = self.shapes[key]
+        if rows is not None:  # rows of dim 0 are one contiguous byte range
+            row_bytes = (end - begin) // shape[0]
+            begin, end = begin + rows.start * row_bytes, begin + rows.stop * row_bytes
+            shape = (rows.stop - rows.start, *shape[1:])
+        tensor = torch.empty(shape, dtype=SAFETENSORS_DTYPES[entry["dtype"]])
         buffer = tensor.view(-1).view(torch.uint8).numpy() if tensor.numel() else None
         if buffer is None:
             return tensor
@@ -110,8 +134,8 @@ class ShardedSafetensors(Checkpoint):
             for key, shape in shard.shapes.items():
                 self._shard_of[key], self.shapes[key] = shard, shape
 
-    def tensor(self, key: str) -> torch.Tensor:
-        return self._shard_of[key].tensor(key)
+    def tensor(self, key: str, rows: slice | None = None) -> torch.Tensor:
+        return self._shard_of[key].tensor(key, rows)
 
 
 class TorchPickleFile(Checkpoint):
@@ -137,9 +161,9 @@ class TorchPickleFile(Checkpoint):
         self._state = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
         self.shapes = {key: tuple(value.shape) for key, value in self._state.items()}
 
-    def tensor(self, key: str) -> torch.Tensor:
+    def tensor(self, key: str, rows: slice | None = None) -> torch.Tensor:
         # a fresh, aligned copy: the mapped file stays read-only and the layout cannot change the numbers
-        return self._state[key].clone()
+        return (self._state[key] if rows is None else self._state[key][rows]).clone()
 
 
 def _shards_for(path: Path, role: str) -> list[Path] | None:

@@ -1,8 +1,9 @@
 """Model files -> ready Wan 2.1 modules, with the architecture read from tensor shapes (never from a hub config).
 
-Every component goes through one path: open the safetensors file memory-mapped, map its key layout onto the
-diffusers / transformers module names, infer the configuration from shapes, build the module with empty
-weights, and materialise each tensor once in its final dtype.
+Every component goes through one path: open the file memory-mapped, map its key layout onto the diffusers /
+transformers module names (a name may stand for part of a file tensor, see checkpoint.TensorPart), infer the
+configuration from shapes, build the module with empty weights, and materialise each tensor once in its final
+dtype.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-from .checkpoint import Checkpoint, SafetensorsFile, open_checkpoint
+from .checkpoint import Checkpoint, SafetensorsFile, TensorPart, open_checkpoint
+from .clip_names import is_open_clip, open_clip_vision_names
 from .errors import WanInputError
 from .t5_names import is_wan_t5, wan_t5_names
 from .precision import check_weight_storage, prepare_fp8_storage, to_storage
@@ -36,8 +38,8 @@ def _key_map(converter, keys) -> dict[str, str]:
     return converter({key: key for key in keys})
 
 
-def _materialise(module_class, config, checkpoint: Checkpoint, names: dict[str, str], dtype, keep_fp32=(),
-                 prepare=None):
+def _materialise(module_class, config, checkpoint: Checkpoint, names: dict[str, str | TensorPart], dtype,
+                 keep_fp32=(), prepare=None):
     """Build the module with empty weights, then load each tensor once, cast to its final dtype.
 
     `prepare(empty_module)` may change parameter dtypes before any data exists (fp8 storage does); a parameter
@@ -59,9 +61,10 @@ def _materialise(module_class, config, checkpoint: Checkpoint, names: dict[str, 
             wanted = torch.float32
         else:
             wanted = dtype
-        tensor = checkpoint.tensor(names[name])
+        tensor = checkpoint.read(names[name])
         if tuple(tensor.shape) != tuple(empty.shape):
-            checkpoint.fail(f"has {names[name]!r} of shape {tuple(tensor.shape)} where the architecture read from "
+            key = getattr(names[name], "key", names[name])
+            checkpoint.fail(f"has {key!r} of shape {tuple(tensor.shape)} where the architecture read from "
                             f"its other shapes needs {tuple(empty.shape)}")
         state[name] = to_storage(tensor, wanted)
     try:
@@ -79,7 +82,7 @@ def _describe_component(shapes: dict) -> str:
         return "a UMT5 text encoder"
     if "embeddings.class_embedding" in keys and "encoder.layers.0" in keys:  # with or without vision_model.
         return "a CLIP vision encoder"
-    if "visual.transformer.0.attn.to_qkv" in keys or "visual.transformer.resblocks.0" in keys:
+    if is_open_clip(shapes):  # Wan-AI's models_clip_*.pth or open_clip's own file; both hold a ViT we read
         return "an open-clip CLIP model"
     if "head.modulation" in keys or "scale_shift_table" in keys:
         return "a Wan diffusion model"
@@ -204,19 +207,24 @@ def clip_vision_config(shapes: dict[str, tuple]) -> CLIPVisionConfig:
 
 
 def load_clip_vision(path, dtype=torch.float32) -> tuple[CLIPVisionModel, CLIPImageProcessorPil]:
+    """CLIP ViT from ComfyUI's clip_vision files, a diffusers image_encoder/, or the vision tower of an open-clip
+    file: the Wan-AI release's models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth or open_clip's own."""
     checkpoint = open_checkpoint(path, "CLIP vision")
-    if _describe_component(checkpoint.shapes) == "an open-clip CLIP model":
-        # The Wan-AI release's models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth uses Wan's own open-clip
-        # module names with fused qkv projections, next to an XLM-RoBERTa text tower we have no use for.
-        checkpoint.fail("is the original open-clip CLIP file (Wan's own names), which this loader does not read: "
-                        "use ComfyUI's clip_vision/clip_vision_h.safetensors (the same ViT-H/14 weights) or a "
-                        "diffusers folder's image_encoder/")
-    _require_component(checkpoint, "a CLIP vision encoder")
+    if is_open_clip(checkpoint.shapes):
+        plain = open_clip_vision_names(checkpoint.shapes)
+    else:
+        _require_component(checkpoint, "a CLIP vision encoder")
+        plain = {key.removeprefix("vision_model."): key for key in checkpoint.shapes}
+    try:
+        config = clip_vision_config({"vision_model." + name: checkpoint.shape_of(source)
+                                     for name, source in plain.items()})
+    except KeyError as missing:
+        checkpoint.fail(f"is {_describe_component(checkpoint.shapes)} but lacks {missing} (transformers' name), "
+                        "one of the weights its architecture is read from")
     # ComfyUI's and older diffusers' files name the tower "vision_model.*"; transformers 5 saves (and names its
     # parameters) without that prefix. Accept either and offer both names to the module.
-    plain = {key.removeprefix("vision_model."): key for key in checkpoint.shapes}
-    config = clip_vision_config({"vision_model." + name: checkpoint.shapes[key] for name, key in plain.items()})
-    names = {name: key for plain_name, key in plain.items() for name in (plain_name, "vision_model." + plain_name)}
+    names = {name: source for plain_name, source in plain.items()
+             for name in (plain_name, "vision_model." + plain_name)}
     model = _materialise(CLIPVisionModel, config, checkpoint, names, dtype)
     processor = CLIPImageProcessorPil(
         size={"shortest_edge": config.image_size}, crop_size={"height": config.image_size, "width": config.image_size},

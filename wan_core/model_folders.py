@@ -5,8 +5,9 @@ A folder is recognised by what it holds, never by its name:
   `text_encoder/`, `tokenizer/`, `image_encoder/` (and `image_processor/`, whose settings follow from the
   image encoder's shapes, so we do not read it);
 - Wan-AI release: `diffusion_pytorch_model*.safetensors` (one file, or shards with their index json),
-  `Wan2.1_VAE.pth`, `models_t5_umt5-xxl-enc-bf16.pth`, the `google/umt5-xxl/` tokenizer and
-  `models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`;
+  `Wan2.1_VAE.pth`, `models_t5_umt5-xxl-enc-bf16.pth`, the `google/umt5-xxl/` tokenizer and, in the I2V
+  releases, `models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`, whose vision tower is the CLIP vision
+  encoder (loading.load_clip_vision reads it; an explicit clip_vision file still takes precedence);
 - ComfyUI: `diffusion_models/`, `vae/`, `text_encoders/`, `clip_vision/` with ComfyUI's repackaged names.
 Anything else is refused with the three layouts spelled out.
 """
@@ -34,7 +35,8 @@ WAN_RELEASE_FILES = {"vae": "Wan2.1_VAE.pth", "text_encoder": "models_t5_umt5-xx
 KNOWN_LAYOUTS = (
     "a ComfyUI models folder (diffusion_models/, vae/, text_encoders/, clip_vision/), "
     "a diffusers folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/, image_encoder/), "
-    "or the Wan-AI release (diffusion_pytorch_model*.safetensors, Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth)"
+    "or the Wan-AI release (diffusion_pytorch_model*.safetensors, Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, "
+    "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth)"
 )
 
 

@@ -40,8 +40,8 @@ class ScaledFp8Checkpoint(Checkpoint):
         self.shapes = {key: shape for key, shape in inner.shapes.items()
                        if key != SCALED_FP8_MARKER and not key.endswith(SCALE_SUFFIXES)}
 
-    def tensor(self, key: str) -> torch.Tensor:
-        tensor = self.inner.tensor(key)
+    def tensor(self, key: str, rows: slice | None = None) -> torch.Tensor:
+        tensor = self.inner.tensor(key, rows)  # scale_weight is one number for the whole tensor
         scale_key = key.removesuffix(".weight") + ".scale_weight"
         if key.endswith(".weight") and scale_key in self.inner.shapes:
             return tensor.to(torch.float32) * self.inner.tensor(scale_key).to(torch.float32)
