@@ -1,11 +1,11 @@
 """Speed settings: the one place where diffusers' and PyTorch's speed features are switched on for a generation.
 
 Step cache ("fast mode"): diffusers' First Block Cache (`FirstBlockCacheConfig`, `WanTransformer3DModel.enable_cache`).
-Each transformer pass runs its first block; when that block's output residual differs from the previous step's by
-less than `threshold` (mean absolute difference relative to the previous residual's mean magnitude), the remaining
-blocks are skipped and their cached residual is added instead. 0 turns it off; 0.05-0.1 skips a good share of the
-passes on real weights for a small loss of detail. The conditional and unconditional passes each keep their own
-cache (`cache_branch`), as diffusers' Wan pipelines do.
+Each transformer pass runs its first block; when that block's output residual differs from the one of the last full
+pass by less than `threshold` (mean absolute difference relative to that residual's mean magnitude), the remaining
+blocks are skipped and their residual from the last full pass is added instead. 0 turns it off; diffusers' own
+default is 0.05. The conditional and unconditional passes each keep their own cache (`cache_branch`), as
+diffusers' Wan I2V pipeline does.
 
 The cache is on for one generation only: a model kept loaded (ComfyUI's cache) carries no hooks or cached residuals
 between runs, whatever the next run asks for, and an interrupted run leaves none either. Its hooks sit on the
