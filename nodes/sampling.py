@@ -6,7 +6,7 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..wan_core.params import FLOW_SHIFT_RANGE, FRAMES_RANGE, GUIDANCE_RANGE, SAMPLER_NAMES, SEED_RANGE, SIZE_MULTIPLE, \
-    SIZE_RANGE, STEPS_RANGE, STRENGTH_RANGE, WAN_NEGATIVE_PROMPT, SamplingParams, whole_clip_frames
+    SIZE_RANGE, STEP_CACHE_RANGE, STEPS_RANGE, STRENGTH_RANGE, WAN_NEGATIVE_PROMPT, SamplingParams, whole_clip_frames
 from .comfy_bridge import CATEGORY, WanModelType, step_progress
 
 
@@ -33,14 +33,20 @@ def _sampling_inputs(frames_tooltip: str) -> list[io.Input]:
                      tooltip="The same seed and inputs give the same video."),
         io.Combo.Input("sampler", options=list(SAMPLER_NAMES), default=SAMPLER_NAMES[0],
                        tooltip="unipc: Wan's default, good in few steps; euler: the plain flow-matching step."),
+        # optional: prompts saved before this input existed still queue, with the cache off
+        io.Float.Input("step_cache", default=0.0, min=STEP_CACHE_RANGE[0], max=STEP_CACHE_RANGE[1], step=0.01,
+                       optional=True,
+                       tooltip="Fast mode (first-block cache): where the first transformer block's output changed "
+                               "by less than this since the last full pass, the other blocks are skipped and their "
+                               "change reused. 0 is off; 0.05-0.1 skip many passes for a little loss of detail."),
     ]
 
 
 def _params(prompt, negative_prompt, width, height, frames, steps, guidance, flow_shift, seed, sampler,
-            **extra) -> SamplingParams:
+            step_cache=0.0, **extra) -> SamplingParams:
     return SamplingParams(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_frames=frames,
                           steps=steps, guidance_scale=guidance, flow_shift=flow_shift, seed=seed, sampler=sampler,
-                          **extra)
+                          step_cache=step_cache, **extra)
 
 
 def _sample(generate, model, media: torch.Tensor, params: SamplingParams) -> io.NodeOutput:

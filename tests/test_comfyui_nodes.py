@@ -122,6 +122,28 @@ def test_core_vae_decode_reads_the_sampler_latent(comfy):
     assert np.abs(ours - core).max() <= 2  # two implementations of one VAE, rounded to 8 bits
 
 
+def test_the_step_cache_input_reaches_the_engine(comfy):
+    """Fast mode changes the sampled video; a prompt saved before the input existed runs with the cache off."""
+    workflow = tiny_workflow("wan21_i2v_480p")
+    sampler, model = node_of(workflow, "WanI2VSampler"), node_of(workflow, "LoadWanModel")
+    workflow[sampler]["inputs"].update(steps=4, seed=99)
+    workflow.update({
+        "20": {"class_type": "WanVAEDecode", "inputs": {"model": [model, 0], "latent": [sampler, 0], "tiled": False}},
+        "21": {"class_type": "SaveImage", "inputs": {"images": ["20", 0], "filename_prefix": "step_cache"}},
+    })
+    frames = {}
+    for step_cache in (0.0, 0.5, None):
+        if step_cache is None:
+            del workflow[sampler]["inputs"]["step_cache"]
+        else:
+            workflow[sampler]["inputs"]["step_cache"] = step_cache
+        entry = comfy.run(workflow)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        frames[step_cache] = np.stack([np.asarray(Image.open(path)) for path in saved_files(comfy, entry, "21")])
+    assert np.array_equal(frames[None], frames[0.0])
+    assert not np.array_equal(frames[0.5], frames[0.0])
+
+
 def test_a_model_file_not_in_the_folder_fails_validation_naming_it(comfy):
     workflow = tiny_workflow("wan21_i2v_480p")
     workflow[node_of(workflow, "LoadWanModel")]["inputs"]["diffusion_model"] = "wan2.1_missing.safetensors"

@@ -43,6 +43,11 @@ def _add_common(parser: argparse.ArgumentParser):
     parser.add_argument("--flow-shift", type=float, help="default 3.0 at 480p and below, 5.0 above")
     parser.add_argument("--seed", type=int, default=-1, help="-1 draws one; the seed used is printed")
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="unipc")
+    parser.add_argument("--step-cache", type=float, default=0.0, metavar="T",
+                        help="fast mode, 0-1 (default 0: off): where the first transformer block's output changed "
+                             "by less than T (relative) since the last full pass, skip the other blocks and reuse "
+                             "their change from that pass; 0.05-0.1 trade a little quality for fewer transformer "
+                             "passes on real weights")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, help="default bf16 on a GPU, fp32 on the CPU")
     parser.add_argument("--out", required=True, help="output .mp4")
@@ -71,7 +76,7 @@ def _params(args, num_frames: int, **extra) -> SamplingParams:
     return SamplingParams(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height, num_frames=num_frames,
         steps=args.steps, guidance_scale=args.guidance_scale, flow_shift=args.flow_shift, seed=args.seed,
-        sampler=args.sampler, **extra,
+        sampler=args.sampler, step_cache=args.step_cache, **extra,
     )
 
 

@@ -18,6 +18,7 @@ GUIDANCE_RANGE = (0.0, 20.0)
 FLOW_SHIFT_RANGE = (1.0, 20.0)
 SEED_RANGE = (-1, 2**31 - 1)
 STRENGTH_RANGE = (0.1, 1.0)
+STEP_CACHE_RANGE = (0.0, 1.0)  # First Block Cache threshold (speed.py); 0 is off
 DURATION_RANGE = (1, 10)
 FRAMES_RANGE = (1, 16 * DURATION_RANGE[1] + 1)
 SAMPLER_NAMES = ("unipc", "euler")
@@ -80,6 +81,7 @@ class SamplingParams:
     seed: int = -1
     sampler: str = "unipc"
     strength: float = 0.9
+    step_cache: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.prompt, str):
@@ -96,6 +98,7 @@ class SamplingParams:
             self.flow_shift = default_flow_shift(self.width, self.height)
         check_range("flow_shift", self.flow_shift, *FLOW_SHIFT_RANGE)
         check_range("strength", self.strength, *STRENGTH_RANGE)
+        check_range("step_cache", self.step_cache, *STEP_CACHE_RANGE)
         check_choice("sampler", self.sampler, SAMPLER_NAMES)
         if self.negative_prompt is None:
             self.negative_prompt = WAN_NEGATIVE_PROMPT

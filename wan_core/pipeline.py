@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from . import conditioning
+from . import conditioning, speed
 from .errors import WanInputError
 from .loading import WanModels
 from .params import SamplingParams
@@ -43,18 +43,19 @@ def guided_velocity(models: WanModels, params: SamplingParams, image_tokens=None
     negative = None if params.guidance_scale == 1.0 else conditioning.encode_prompt(models, params.negative_prompt)
     condition = None if condition is None else condition.to(models.device, dtype)
 
-    def predict(x_in, timestep, text):
-        return transformer(hidden_states=x_in, timestep=timestep, encoder_hidden_states=text,
-                           encoder_hidden_states_image=image_tokens, return_dict=False)[0].float()
+    def predict(x_in, timestep, text, branch):
+        with speed.cache_branch(transformer, branch):
+            return transformer(hidden_states=x_in, timestep=timestep, encoder_hidden_states=text,
+                               encoder_hidden_states_image=image_tokens, return_dict=False)[0].float()
 
     @torch.inference_mode()
     def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
         x_in = x.to(dtype) if condition is None else torch.cat([x.to(dtype), condition], dim=1)
         timestep = torch.full((x.shape[0],), model_timestep(sigma), device=x.device)
-        v_positive = predict(x_in, timestep, positive)
+        v_positive = predict(x_in, timestep, positive, "cond")
         if negative is None:
             return v_positive
-        v_negative = predict(x_in, timestep, negative)
+        v_negative = predict(x_in, timestep, negative, "uncond")
         return v_negative + params.guidance_scale * (v_positive - v_negative)
 
     return velocity
@@ -68,7 +69,8 @@ def _sample(models, params, velocity, x, sigmas, progress: Progress) -> torch.Te
         if progress is not None:
             progress(step + 1, total, x0)
 
-    return SAMPLERS[params.sampler](velocity, x.to(models.device), sigma_list, on_step)
+    with speed.step_cache(models.transformer, params.step_cache):
+        return SAMPLERS[params.sampler](velocity, x.to(models.device), sigma_list, on_step)
 
 
 def _image_conditioning(models: WanModels, frame: torch.Tensor, num_frames: int):
