@@ -98,6 +98,8 @@ def bad_inputs(tmp_path):
         (image + ["--seed", "-2"], "seed=-2 is out of range"),
         (image + ["--flow-shift", "0.5"], "flow_shift=0.5 is out of range"),
         (image + ["--step-cache", "-0.1"], "step_cache=-0.1 is out of range: allowed 0.0 to 1.0"),
+        (image + ["--attention", "flash", "--device", "cpu"], "attention='flash' needs a CUDA GPU, and this runs on"),
+        (["v2v", "--video", str(IMAGE), "--attention", "sage", "--device", "cpu", *common], "attention='sage' needs"),
         (["i2v", "--image", str(tmp_path / "missing.png"), *common], "missing.png': no such file"),
         (["i2v", "--image", str(not_an_image), *common], "is not a readable image"),
         (["v2v", "--video", str(IMAGE), "--strength", "0", *common], "strength=0.0 is out of range: allowed 0.1 to 1.0"),
@@ -118,7 +120,20 @@ def test_bad_input_is_refused_before_any_model_is_built(tmp_path, monkeypatch, c
         error = capsys.readouterr().err
         assert error.startswith("error: "), error
         assert message in error, (message, error)
-    assert not cache.exists()
+    assert not cache.exists() and not (tmp_path / "o.mp4").exists()
+
+
+def test_attention_and_compile_options(tiny_cache, tmp_path):
+    """--attention sdpa is the default kernel: the same video; --compile runs the compiled blocks to a video."""
+    videos = {}
+    for name, options in [("default", []), ("sdpa", ["--attention", "sdpa"])]:
+        videos[name] = tmp_path / f"{name}.mp4"
+        assert main(["i2v", "--model", "tiny", "--image", str(IMAGE), "--prompt", "a valley", *SMALL, "--seed", "3",
+                     *options, "--out", str(videos[name])]) == 0
+    assert torch.equal(read_video(videos["sdpa"])[0], read_video(videos["default"])[0])
+    assert main(["v2v", "--model", "tiny", "--video", str(videos["default"]), "--prompt", "rain", *SMALL,
+                 "--attention", "sdpa", "--compile", "--out", str(tmp_path / "compiled.mp4")]) == 0
+    assert read_video(tmp_path / "compiled.mp4")[0].shape == (9, 64, 80, 3)
 
 
 def test_tiny_models_are_written_in_comfyui_folders_and_generate(tmp_path):

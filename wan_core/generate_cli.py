@@ -15,6 +15,7 @@ from .errors import WanInputError
 from .lora_stack import LoraEntry, LoraStack, extend_stack
 from .params import SAMPLER_NAMES, SamplingParams, frame_count, parse_size, source_frame_count
 from .precision import WEIGHT_STORAGES
+from .speed import ATTENTION_CHOICES, check_model_speed
 from .video_io import DEFAULT_FPS, read_image, read_video, write_video
 
 NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
@@ -48,6 +49,14 @@ def _add_common(parser: argparse.ArgumentParser):
                              "by less than T (relative) since the last full pass, skip the other blocks and reuse "
                              "their change from that pass; 0.05-0.1 trade a little quality for fewer transformer "
                              "passes on real weights")
+    parser.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto",
+                        help="attention kernel of the diffusion model (default auto: PyTorch SDPA, which picks "
+                             "flash or memory-efficient kernels on a GPU); flash (flash-attn 2), flash3 "
+                             "(FlashAttention 3, Hopper), sage (SageAttention) and xformers need their package and "
+                             "a CUDA GPU, and all but xformers a bf16 or fp16 dtype")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each transformer block, for faster steps on a GPU; the first step "
+                             "of a new size waits for the compiler")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, help="default bf16 on a GPU, fp32 on the CPU")
     parser.add_argument("--out", required=True, help="output .mp4")
@@ -96,6 +105,8 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     from .model_files import resolve_model_files
 
     out = _output_path(args.out)
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    check_model_speed(args.attention, args.compile, args.device, dtype)
     loras = lora_stack_option(args.lora)
     loras_dir = Path(args.model) / "loras" if args.model and args.model != "tiny" else None
     for entry in loras:  # a missing file or an unreachable URL fails here, before the models load
@@ -103,9 +114,9 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     files = resolve_model_files(args.model, task, args.diffusion_model, args.vae, args.text_encoder, args.clip_vision,
                                 tokenizer=args.tokenizer)
     started = time.perf_counter()
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, args.device,
-                         weight_storage=args.weight_storage, tokenizer=files.tokenizer)
+                         weight_storage=args.weight_storage, tokenizer=files.tokenizer, attention=args.attention,
+                         compile=args.compile)
     if loras:
         print(set_lora_stack(models, loras, loras_dir).summary(), file=sys.stderr)
     print(f"seed: {params.seed}", file=sys.stderr)

@@ -22,6 +22,7 @@ from .clip_names import is_open_clip, open_clip_vision_names
 from .errors import WanInputError
 from .t5_names import is_wan_t5, wan_t5_names
 from .precision import check_weight_storage, prepare_fp8_storage, to_storage
+from .speed import apply_model_speed, check_model_speed
 from .tokenizer import TOKENIZER_TENSOR, load_tokenizer
 
 COMFY_PREFIX = "model.diffusion_model."
@@ -281,14 +282,17 @@ class WanModels:
 
 
 def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torch.float32, device="cpu", *,
-                weight_storage: str | None = None, tokenizer=None) -> WanModels:
+                weight_storage: str | None = None, tokenizer=None, attention: str = "auto",
+                compile: bool = False) -> WanModels:
     """Load the four components (clip_vision only matters for image-to-video models) and check they fit together.
 
     Each of them may be a file or a folder in any supported layout (see checkpoint.py). `dtype` is the compute
     dtype; weight_storage="fp8" keeps the transformer's weights in float8_e4m3fn, upcast per layer. `tokenizer`
     is a tokenizer folder for text encoder files that carry none (see tokenizer.py for where else it looks).
+    `attention` and `compile` are the transformer's speed settings (speed.py), checked before anything is read.
     """
     check_weight_storage(weight_storage)
+    check_model_speed(attention, compile, device, dtype)
     transformer = load_transformer(diffusion_model, dtype, weight_storage).to(device)
     encoder, tokenizer = load_text_encoder(text_encoder, dtype, tokenizer)
     models = WanModels(transformer, load_vae(vae, dtype).to(device), encoder.to(device), tokenizer)
@@ -296,4 +300,5 @@ def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torc
         models.image_encoder, models.image_processor = load_clip_vision(clip_vision, dtype)
         models.image_encoder.to(device)
     models.check_compatible()
+    apply_model_speed(transformer, attention, compile)
     return models

@@ -1,4 +1,18 @@
-"""Speed settings: the one place where diffusers' and PyTorch's speed features are switched on for a generation.
+"""Speed settings: the one place where diffusers' and PyTorch's speed features are switched on.
+
+Two kinds. Model settings (attention backend, compiled blocks) belong to a loaded transformer and stay on it from
+run to run; per-generation settings (the step cache) are on for one generation only. fp8 weight storage is decided
+when the weights are read (precision.py).
+
+Attention backend: diffusers' attention dispatcher (`ModelMixin.set_attention_backend`), under our short names
+(ATTENTION below). "auto" is diffusers' default: PyTorch's scaled_dot_product_attention, which itself picks the
+flash, memory-efficient or cuDNN kernel on a GPU. The others are dedicated kernels; each needs its package, a CUDA
+GPU, and (but xformers) a bf16 or fp16 compute dtype, which check_model_speed says before any weights are read.
+
+Compiled blocks: `ModelMixin.compile_repeated_blocks`, torch.compile on each WanTransformerBlock (regional
+compilation): the blocks share one compiled graph, so compiling costs one block's time, not the whole model's.
+Compilation happens on the first run (and again only when shapes, device, dtype or the attention backend change);
+later runs reuse it. compile=False on a compiled model returns its blocks to eager mode.
 
 Step cache ("fast mode"): diffusers' First Block Cache (`FirstBlockCacheConfig`, `WanTransformer3DModel.enable_cache`).
 Each transformer pass runs its first block; when that block's output residual differs from the one of the last full
@@ -16,14 +30,96 @@ them) and see LoRA patches, which are written into the weights themselves.
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from diffusers import WanTransformer3DModel
-from diffusers.hooks import FirstBlockCacheConfig
+import torch
+
+from .errors import WanInputError, check_choice
+
+if TYPE_CHECKING:  # diffusers takes seconds to import; the command line reads the choices below without it
+    from diffusers import WanTransformer3DModel
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    diffusers_name: str | None  # diffusers' AttentionBackendName value; None: its default
+    cuda_only: bool = False  # a CUDA kernel with no CPU path
+    half_only: bool = False  # kernels for bf16 / fp16 inputs only
+
+
+# The one table of names: ours -> diffusers'. PyTorch's own attention, and the GPU kernels people run Wan with;
+# diffusers' other backends (hub kernels, NPU, XLA, flex) are left out.
+ATTENTION = {
+    "auto": AttentionBackend(None),  # diffusers' default: PyTorch SDPA unless DIFFUSERS_ATTN_BACKEND says otherwise
+    "sdpa": AttentionBackend("native"),  # PyTorch SDPA, whatever DIFFUSERS_ATTN_BACKEND says
+    "flash": AttentionBackend("flash", cuda_only=True, half_only=True),  # flash-attn 2
+    "flash3": AttentionBackend("_flash_3", cuda_only=True, half_only=True),  # FlashAttention 3 (Hopper GPUs)
+    "sage": AttentionBackend("sage", cuda_only=True, half_only=True),  # SageAttention (8-bit QK)
+    "xformers": AttentionBackend("xformers", cuda_only=True),
+}
+ATTENTION_CHOICES = tuple(ATTENTION)
+
+
+def check_model_speed(attention: str, compile: bool, device, dtype: torch.dtype) -> None:
+    """Refuse a setting this machine cannot run, saying what it needs. Cheap: callers run it before loading."""
+    backend = ATTENTION[check_choice("attention", attention, ATTENTION_CHOICES)]
+    if not isinstance(compile, bool):
+        raise WanInputError(f"compile={compile!r} is not allowed: choose True or False")
+    if backend.cuda_only and torch.device(device).type != "cuda":
+        raise WanInputError(f"attention={attention!r} needs a CUDA GPU, and this runs on {device}: "
+                            "choose 'auto' or 'sdpa'")
+    if backend.half_only and dtype not in (torch.bfloat16, torch.float16):
+        raise WanInputError(f"attention={attention!r} computes in bf16 or fp16 only, not "
+                            f"{str(dtype).removeprefix('torch.')}: choose one of those dtypes, or attention 'auto'")
+    if backend.diffusers_name is not None:
+        # diffusers' own check (set_attention_backend runs it too): it knows the package versions it supports
+        from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+
+        try:
+            _check_attention_backend_requirements(AttentionBackendName(backend.diffusers_name))
+        except RuntimeError as error:  # its message names the package to install
+            raise WanInputError(f"attention={attention!r} is not available: {error}") from None
+
+
+def apply_model_speed(transformer: WanTransformer3DModel, attention: str = "auto", compile: bool = False) -> None:
+    """Put a loaded transformer in the given attention backend and compiled state; what is already so is kept."""
+    check_model_speed(attention, compile, transformer.device, transformer.patch_embedding.weight.dtype)
+    _set_attention(transformer, ATTENTION[attention].diffusers_name)
+    _set_compiled(transformer, compile)
+
+
+def _set_attention(transformer: WanTransformer3DModel, name: str | None):
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    if all(processor._attention_backend == name for processor in transformer.attn_processors.values()):
+        return
+    if name is None:
+        transformer.reset_attention_backend()  # every processor back to None: diffusers' default
+        return
+    default = _AttentionBackendRegistry.get_active_backend()[0]
+    transformer.set_attention_backend(name)
+    # set_attention_backend also makes `name` the process-wide default, which every other diffusers model and a
+    # later "auto" (reset processors fall back to it) would then use; the choice belongs to this model alone
+    _AttentionBackendRegistry.set_active_backend(default)
+
+
+def _set_compiled(transformer: WanTransformer3DModel, compile: bool):
+    blocks = [module for module in transformer.modules() if type(module).__name__ in transformer._repeated_blocks]
+    # nn.Module.compile() keeps the compiled call in _compiled_call_impl; torch has no public "uncompile"
+    compiled = [block._compiled_call_impl is not None for block in blocks]
+    if compile and not all(compiled):
+        transformer.compile_repeated_blocks()  # not fullgraph: the step cache's and fp8 casting's hooks break graphs
+    elif not compile and any(compiled):
+        for block in blocks:
+            block._compiled_call_impl = None
 
 
 @contextmanager
 def step_cache(transformer: WanTransformer3DModel, threshold: float):
     """First Block Cache on the transformer while the block runs (threshold 0: nothing changes); removed after."""
+    from diffusers.hooks import FirstBlockCacheConfig
+
     if not threshold:
         yield
         return
