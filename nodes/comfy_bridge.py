@@ -11,6 +11,7 @@ from pathlib import Path
 import comfy.latent_formats
 import comfy.model_management
 import comfy.model_patcher
+import comfy.patcher_extension
 import comfy.utils
 import folder_paths
 import latent_preview
@@ -87,11 +88,28 @@ class LoadedWan:
         self.models = models
         self.patcher = comfy.model_patcher.ModelPatcher(
             _Networks(models), comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device())
+        _release_when_unloaded(self)
 
 
-# Weak: while any WAN_MODEL output (ComfyUI's node cache) holds the weights, a LoadWanModel that differs only in
-# its LoRAs reuses them; once ComfyUI drops its cache (Free memory, other models) they are gone.
+# Every set of weights still held, by a WAN_MODEL output in ComfyUI's node cache or by _kept below: another
+# LoadWanModel of the same files reuses it. Weak, so that what neither holds (after Free memory) is freed.
 _loaded: weakref.WeakValueDictionary[tuple, LoadedWan] = weakref.WeakValueDictionary()
+# ComfyUI's node cache drops a LoadWanModel's output before that node runs again with changed inputs (its LoRA
+# stack, attention kernel, compile), which would leave nothing to reuse. So the weights handed out last are also
+# kept here, until a LoadWanModel needs other files or ComfyUI's memory manager unloads them.
+_kept: list[LoadedWan] = []
+
+
+def _release_when_unloaded(loaded: LoadedWan):
+    """Stop keeping the weights when ComfyUI unloads them (Free memory, room for other models): its memory manager
+    detaches a model with unpatch_all=True then, and with False when it only loads the same model again."""
+    this = weakref.ref(loaded)  # a strong reference from its own patcher would keep the weights past their use
+
+    def on_detach(_patcher, unpatch_all: bool):
+        if unpatch_all and this() in _kept:
+            _kept.remove(this())
+
+    loaded.patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_DETACH, on_detach)
 
 
 def load_wan(files: tuple[Path, Path, Path, Path | None], dtype: torch.dtype, weight_storage: str) -> LoadedWan:
@@ -100,6 +118,7 @@ def load_wan(files: tuple[Path, Path, Path, Path | None], dtype: torch.dtype, we
     key = (*files, *(path.stat().st_mtime_ns for path in files if path), dtype, weight_storage)
     loaded = _loaded.get(key)
     if loaded is None:
+        _kept.clear()  # the kept weights go first, unless a graph still holds them: not two models at once
         started = time.perf_counter()
         models = load_models(*files, dtype=dtype, device=comfy.model_management.unet_offload_device(),
                              weight_storage=weight_storage)
@@ -107,24 +126,31 @@ def load_wan(files: tuple[Path, Path, Path, Path | None], dtype: torch.dtype, we
         log.info("WanFlow: loaded %s in %.1f s", files[0].name, time.perf_counter() - started)
     else:
         log.info("WanFlow: reusing the loaded %s", files[0].name)
+    _kept[:] = [loaded]
     return loaded
 
 
 @dataclass
 class WanModel:
-    """The WAN_MODEL value: loaded weights plus the LoRA stack this graph branch wants on them."""
+    """The WAN_MODEL value: loaded weights plus the LoRA stack and speed settings this graph branch wants on them."""
 
     loaded: LoadedWan
     loras: LoraStack = field(default_factory=tuple)
+    attention: str = "auto"
+    compile: bool = False
 
     def ready(self):
-        """The WanModels with this branch's LoRAs applied, on ComfyUI's compute device (other models make room)."""
+        """The WanModels with this branch's LoRAs and speed settings applied, on ComfyUI's compute device (other
+        models make room)."""
         from ..wan_core.lora import set_lora_stack
+        from ..wan_core.speed import apply_model_speed
 
         report = set_lora_stack(self.loaded.models, self.loras)
         if self.loras:
             log.info("WanFlow: %s", report.summary())
-        return self.on_device()
+        models = self.on_device()
+        apply_model_speed(models.transformer, self.attention, self.compile)  # on the device it will run on
+        return models
 
     def on_device(self):
         """The WanModels on ComfyUI's compute device, LoRAs as they are (decoding does not involve them)."""
@@ -132,10 +158,14 @@ class WanModel:
         return self.loaded.models
 
 
+def compute_device() -> torch.device:
+    return comfy.model_management.get_torch_device()
+
+
 def compute_dtype(choice: str) -> torch.dtype:
     if choice != "auto":
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
-    device = comfy.model_management.get_torch_device()
+    device = compute_device()
     if comfy.model_management.should_use_bf16(device):
         return torch.bfloat16
     return torch.float16 if comfy.model_management.should_use_fp16(device) else torch.float32

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..wan_core.errors import WanInputError, check_choice
 from ..wan_core.lora_stack import MAX_LORAS_PER_NODE, SCALE_RANGE, LoraEntry, extend_stack
 from ..wan_core.precision import WEIGHT_STORAGES
-from .comfy_bridge import CATEGORY, NONE, WanLorasType, WanModel, WanModelType, compute_dtype, folder_choices, \
-    folder_file, load_wan, missing_from_folders
+from ..wan_core.speed import ATTENTION_CHOICES, check_model_speed
+from .comfy_bridge import CATEGORY, NONE, WanLorasType, WanModel, WanModelType, compute_device, compute_dtype, \
+    folder_choices, folder_file, load_wan, missing_from_folders
 
 DTYPES = ["auto", "bf16", "fp16", "fp32"]
 
@@ -36,21 +38,39 @@ class LoadWanModel(io.ComfyNode):
                 io.Combo.Input("weight_storage", options=list(WEIGHT_STORAGES), default=WEIGHT_STORAGES[0],
                                tooltip="fp8 keeps the diffusion model's weights in float8 (half the memory of "
                                        "bf16) and upcasts one layer at a time to the compute precision."),
+                # optional: prompts saved before these inputs existed still queue, with diffusers' defaults
+                io.Combo.Input("attention", options=list(ATTENTION_CHOICES), default="auto", optional=True,
+                               tooltip="Attention kernel. auto: PyTorch's own (SDPA), which picks a fast kernel "
+                                       "on a GPU. flash (flash-attn 2), flash3 (FlashAttention 3, Hopper GPUs), "
+                                       "sage (SageAttention) and xformers need their Python package and a CUDA "
+                                       "GPU, and all but xformers a bf16 or fp16 dtype."),
+                io.Boolean.Input("compile", default=False, optional=True,
+                                 tooltip="torch.compile each transformer block, for faster steps on a GPU. The "
+                                         "first run of a new size waits for the compiler; later runs reuse its "
+                                         "work."),
                 WanLorasType.Input("loras", optional=True, tooltip="LoRAs from a Wan LoRA Stack node."),
             ],
             outputs=[WanModelType.Output(display_name="model")],
         )
 
     @classmethod
-    def validate_inputs(cls, diffusion_model, vae, text_encoder, clip_vision):
-        return missing_from_folders(("diffusion_models", diffusion_model), ("vae", vae),
-                                    ("text_encoders", text_encoder), ("clip_vision", clip_vision))
+    def validate_inputs(cls, diffusion_model, vae, text_encoder, clip_vision, dtype, attention="auto", compile=False):
+        missing = missing_from_folders(("diffusion_models", diffusion_model), ("vae", vae),
+                                       ("text_encoders", text_encoder), ("clip_vision", clip_vision))
+        try:  # an attention kernel this machine cannot run is said before anything loads
+            check_model_speed(attention, compile, compute_device(), compute_dtype(check_choice("dtype", dtype, DTYPES)))
+        except WanInputError as error:
+            return str(error) if missing is True else f"{missing}; {error}"
+        return missing
 
     @classmethod
-    def execute(cls, diffusion_model, vae, text_encoder, clip_vision, dtype, weight_storage, loras=None):
+    def execute(cls, diffusion_model, vae, text_encoder, clip_vision, dtype, weight_storage, attention="auto",
+                compile=False, loras=None):
         files = (folder_file("diffusion_models", diffusion_model), folder_file("vae", vae),
                  folder_file("text_encoders", text_encoder), folder_file("clip_vision", clip_vision))
-        return io.NodeOutput(WanModel(load_wan(files, compute_dtype(dtype), weight_storage), tuple(loras or ())))
+        # the weights are shared by every graph that loads the same files; the speed settings go with this output
+        loaded = load_wan(files, compute_dtype(dtype), weight_storage)
+        return io.NodeOutput(WanModel(loaded, tuple(loras or ()), attention, compile))
 
 
 def _lora_inputs(slot: int) -> list[io.Input]:

@@ -144,6 +144,39 @@ def test_the_step_cache_input_reaches_the_engine(comfy):
     assert not np.array_equal(frames[0.5], frames[0.0])
 
 
+def test_the_attention_input_reuses_the_loaded_weights(comfy):
+    """attention is a setting of the loaded model, not of its weights: sdpa gives the frames of a prompt saved before
+    the speed inputs existed, from the same weights."""
+    workflow = tiny_workflow("wan21_i2v_480p")
+    sampler, model = node_of(workflow, "WanI2VSampler"), node_of(workflow, "LoadWanModel")
+    workflow[sampler]["inputs"]["seed"] = 31
+    workflow.update({
+        "20": {"class_type": "WanVAEDecode", "inputs": {"model": [model, 0], "latent": [sampler, 0], "tiled": False}},
+        "21": {"class_type": "SaveImage", "inputs": {"images": ["20", 0], "filename_prefix": "attention"}},
+    })
+    del workflow[model]["inputs"]["attention"], workflow[model]["inputs"]["compile"]
+    frames = {}
+    for attention in (None, "sdpa"):
+        if attention:
+            workflow[model]["inputs"].update(attention=attention, compile=False)
+        log_before = len(comfy.log())
+        entry = comfy.run(workflow)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        frames[attention] = np.stack([np.asarray(Image.open(path)) for path in saved_files(comfy, entry, "21")])
+    new_log = comfy.log()[log_before:]
+    assert "WanFlow: reusing the loaded wan2.1_tiny_i2v" in new_log and "WanFlow: loaded" not in new_log
+    assert np.array_equal(frames["sdpa"], frames[None])
+
+
+def test_an_attention_kernel_the_machine_lacks_fails_validation_naming_it(comfy):
+    workflow = tiny_workflow("wan21_i2v_480p")
+    workflow[node_of(workflow, "LoadWanModel")]["inputs"]["attention"] = "flash"
+    response = comfy.post_prompt(workflow)
+    assert response.status_code == 400
+    errors = response.json()["node_errors"][node_of(workflow, "LoadWanModel")]["errors"]
+    assert any("attention='flash' needs a CUDA GPU" in error["details"] for error in errors), errors
+
+
 def test_a_model_file_not_in_the_folder_fails_validation_naming_it(comfy):
     workflow = tiny_workflow("wan21_i2v_480p")
     workflow[node_of(workflow, "LoadWanModel")]["inputs"]["diffusion_model"] = "wan2.1_missing.safetensors"
