@@ -100,6 +100,8 @@ def bad_inputs(tmp_path):
         (image + ["--step-cache", "-0.1"], "step_cache=-0.1 is out of range: allowed 0.0 to 1.0"),
         (image + ["--attention", "flash", "--device", "cpu"], "attention='flash' needs a CUDA GPU, and this runs on"),
         (["v2v", "--video", str(IMAGE), "--attention", "sage", "--device", "cpu", *common], "attention='sage' needs"),
+        (image + ["--offload", "model", "--device", "cpu"], "offload='model' needs a CUDA device, and this runs on cpu"),
+        (["v2v", "--video", str(IMAGE), "--offload", "model", "--device", "cpu", *common], "offload='model' needs"),
         (["i2v", "--image", str(tmp_path / "missing.png"), *common], "missing.png': no such file"),
         (["i2v", "--image", str(not_an_image), *common], "is not a readable image"),
         (["v2v", "--video", str(IMAGE), "--strength", "0", *common], "strength=0.0 is out of range: allowed 0.1 to 1.0"),

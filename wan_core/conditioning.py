@@ -29,8 +29,8 @@ def clean_prompt(text: str) -> str:
 def encode_prompt(models: WanModels, prompt: str) -> torch.Tensor:
     """Text -> [1, 512, text_dim]: UMT5 states of the real tokens, zero padded."""
     tokens = models.tokenizer(clean_prompt(prompt), max_length=TEXT_LENGTH, truncation=True, return_tensors="pt")
-    device = models.text_encoder.device
-    states = models.text_encoder(tokens.input_ids.to(device), tokens.attention_mask.to(device)).last_hidden_state
+    ids, mask = tokens.input_ids.to(models.device), tokens.attention_mask.to(models.device)
+    states = models.text_encoder(ids, mask).last_hidden_state
     return F.pad(states, (0, 0, 0, TEXT_LENGTH - states.shape[1])).to(models.device, models.dtype)
 
 
@@ -52,7 +52,7 @@ def encode_image_tokens(models: WanModels, frame: torch.Tensor) -> torch.Tensor:
     picture = Image.fromarray(frames_to_uint8(frame[None])[0])
     pixels = models.image_processor(images=picture, return_tensors="pt").pixel_values
     encoder = models.image_encoder
-    states = encoder(pixel_values=pixels.to(encoder.device, encoder.dtype), output_hidden_states=True).hidden_states
+    states = encoder(pixel_values=pixels.to(models.device, encoder.dtype), output_hidden_states=True).hidden_states
     return states[-2].to(models.device, models.dtype)
 
 
@@ -77,16 +77,17 @@ def raw_latents(models: WanModels, normalised: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def encode_frames(models: WanModels, frames: torch.Tensor) -> torch.Tensor:
     """[T, H, W, 3] in 0..1 -> raw VAE latents [1, 16, T_lat, H/8, W/8] (the posterior mode)."""
-    video = frames.permute(3, 0, 1, 2)[None].to(models.vae.device, models.vae.dtype) * 2.0 - 1.0
+    video = frames.permute(3, 0, 1, 2)[None].to(models.device, models.vae.dtype) * 2.0 - 1.0
     return models.vae.encode(video).latent_dist.mode().float()
 
 
 @torch.inference_mode()
-@torch.inference_mode()
 def decode_latents(models: WanModels, raw: torch.Tensor, tiled: bool = False) -> torch.Tensor:
-    """Raw latents [1, 16, T_lat, h, w] -> frames [T, 8h, 8w, 3] in 0..1. Tiled decoding trades time for memory."""
+    """Raw latents [1, 16, T_lat, h, w] -> frames [T, 8h, 8w, 3] in 0..1: the decoding stage, the VAE alone.
+    Tiled decoding trades time for memory."""
+    models.use("vae")
     models.vae.use_tiling = tiled
-    video = models.vae.decode(raw.to(models.vae.device, models.vae.dtype)).sample
+    video = models.vae.decode(raw.to(models.device, models.vae.dtype)).sample
     return (video[0].float() / 2.0 + 0.5).clamp(0, 1).permute(1, 2, 3, 0).cpu()
 
 

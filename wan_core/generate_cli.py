@@ -15,7 +15,7 @@ from .errors import WanInputError
 from .lora_stack import LoraEntry, LoraStack, extend_stack
 from .params import SAMPLER_NAMES, SamplingParams, frame_count, parse_size, source_frame_count
 from .precision import WEIGHT_STORAGES
-from .speed import ATTENTION_CHOICES, check_model_speed
+from .speed import ATTENTION_CHOICES, OFFLOADS, check_model_speed, check_offload
 from .video_io import DEFAULT_FPS, read_image, read_video, write_video
 
 NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
@@ -57,6 +57,10 @@ def _add_common(parser: argparse.ArgumentParser):
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile each transformer block, for faster steps on a GPU; the first step "
                              "of a new size waits for the compiler")
+    parser.add_argument("--offload", choices=OFFLOADS, default="none",
+                        help="model: keep every network in RAM and move each to the GPU only for its stage (text "
+                             "encoder, then CLIP and VAE, then the transformer, then the VAE), so a 14B model runs "
+                             "on a 24 GB GPU; needs a CUDA device")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, help="default bf16 on a GPU, fp32 on the CPU")
     parser.add_argument("--out", required=True, help="output .mp4")
@@ -107,6 +111,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     out = _output_path(args.out)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     check_model_speed(args.attention, args.compile, args.device, dtype)
+    check_offload(args.offload, args.device)
     loras = lora_stack_option(args.lora)
     loras_dir = Path(args.model) / "loras" if args.model and args.model != "tiny" else None
     for entry in loras:  # a missing file or an unreachable URL fails here, before the models load
@@ -116,7 +121,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     started = time.perf_counter()
     models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, args.device,
                          weight_storage=args.weight_storage, tokenizer=files.tokenizer, attention=args.attention,
-                         compile=args.compile)
+                         compile=args.compile, offload=args.offload)
     if loras:
         print(set_lora_stack(models, loras, loras_dir).summary(), file=sys.stderr)
     print(f"seed: {params.seed}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from accelerate import init_empty_weights
@@ -22,7 +23,7 @@ from .clip_names import is_open_clip, open_clip_vision_names
 from .errors import WanInputError
 from .t5_names import is_wan_t5, wan_t5_names
 from .precision import check_weight_storage, prepare_fp8_storage, to_storage
-from .speed import apply_model_speed, check_model_speed
+from .speed import apply_model_speed, check_model_speed, check_offload, model_offload
 from .tokenizer import TOKENIZER_TENSOR, load_tokenizer
 
 COMFY_PREFIX = "model.diffusion_model."
@@ -237,9 +238,19 @@ def load_clip_vision(path, dtype=torch.float32) -> tuple[CLIPVisionModel, CLIPIm
 # ---- the bundle ------------------------------------------------------------------------------------------------
 
 
+# The networks a stage can ask for (WanModels.use); the tokenizer and image processor run on the CPU.
+NETWORKS = ("transformer", "vae", "text_encoder", "image_encoder")
+
+
 @dataclass
 class WanModels:
-    """Everything one generation needs. image_encoder is None for text-to-video models."""
+    """Everything one generation needs. image_encoder is None for text-to-video models.
+
+    `device` is the compute device: inputs go there, whatever device the networks wait on between stages. Before
+    each stage the pipeline says which networks it runs (`use`); `placement(models, names)` then puts those on the
+    compute device (model_offload for --offload model, ComfyUI's memory manager in the nodes). Without one nothing
+    moves: the networks stay where they were loaded.
+    """
 
     transformer: WanTransformer3DModel
     vae: AutoencoderKLWan
@@ -247,19 +258,29 @@ class WanModels:
     tokenizer: T5Tokenizer
     image_encoder: CLIPVisionModel | None = None
     image_processor: CLIPImageProcessorPil | None = None
+    device: torch.device = torch.device("cpu")
+    placement: Callable[[WanModels, tuple[str, ...]], None] | None = None
 
     @property
     def is_i2v(self) -> bool:
         return self.transformer.config.image_dim is not None
 
     @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
-
-    @property
     def dtype(self) -> torch.dtype:
         """The compute dtype (the patch embedding is never stored in fp8)."""
         return self.transformer.patch_embedding.weight.dtype
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """{name: network} for the networks this bundle has (no image encoder for text-to-video)."""
+        return {name: getattr(self, name) for name in NETWORKS if getattr(self, name) is not None}
+
+    def use(self, *names: str) -> None:
+        """The next stage runs these networks: have them on the compute device."""
+        unknown = [name for name in names if name not in NETWORKS]
+        if unknown:
+            raise ValueError(f"unknown network {unknown}: a stage uses some of {NETWORKS}")
+        if self.placement is not None:
+            self.placement(self, names)
 
     def check_compatible(self):
         """Catch mixed-up files before any sampling: text width, VAE channels, a missing CLIP for I2V."""
@@ -283,22 +304,26 @@ class WanModels:
 
 def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torch.float32, device="cpu", *,
                 weight_storage: str | None = None, tokenizer=None, attention: str = "auto",
-                compile: bool = False) -> WanModels:
+                compile: bool = False, offload: str = "none") -> WanModels:
     """Load the four components (clip_vision only matters for image-to-video models) and check they fit together.
 
     Each of them may be a file or a folder in any supported layout (see checkpoint.py). `dtype` is the compute
-    dtype; weight_storage="fp8" keeps the transformer's weights in float8_e4m3fn, upcast per layer. `tokenizer`
-    is a tokenizer folder for text encoder files that carry none (see tokenizer.py for where else it looks).
-    `attention` and `compile` are the transformer's speed settings (speed.py), checked before anything is read.
+    dtype and `device` the compute device; weight_storage="fp8" keeps the transformer's weights in float8_e4m3fn,
+    upcast per layer. `tokenizer` is a tokenizer folder for text encoder files that carry none (see tokenizer.py
+    for where else it looks). `attention` and `compile` are the transformer's speed settings (speed.py), checked
+    before anything is read. offload="model" keeps the networks on the CPU and moves each to `device` for its stage.
     """
     check_weight_storage(weight_storage)
     check_model_speed(attention, compile, device, dtype)
-    transformer = load_transformer(diffusion_model, dtype, weight_storage).to(device)
+    check_offload(offload, device)
+    home = "cpu" if offload == "model" else device  # where the networks wait between stages
+    transformer = load_transformer(diffusion_model, dtype, weight_storage).to(home)
     encoder, tokenizer = load_text_encoder(text_encoder, dtype, tokenizer)
-    models = WanModels(transformer, load_vae(vae, dtype).to(device), encoder.to(device), tokenizer)
+    models = WanModels(transformer, load_vae(vae, dtype).to(home), encoder.to(home), tokenizer,
+                       device=torch.device(device), placement=model_offload if offload == "model" else None)
     if clip_vision is not None and transformer.config.image_dim is not None:
         models.image_encoder, models.image_processor = load_clip_vision(clip_vision, dtype)
-        models.image_encoder.to(device)
+        models.image_encoder.to(home)
     models.check_compatible()
-    apply_model_speed(transformer, attention, compile)
+    apply_model_speed(transformer, attention, compile, device)
     return models

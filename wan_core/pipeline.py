@@ -1,6 +1,9 @@
 """Image-to-video and video-to-video generation: the whole job in one readable place.
 
     frames in -> conditioning -> noise at sigma_0 -> sampler over the sigma list -> raw latents -> frames out
+
+Each stage first says which networks it runs (models.use), so that each can be on the GPU for its stage alone:
+prompts (text encoder), image conditioning (CLIP and VAE), sampling (transformer), decoding (VAE).
 """
 
 from __future__ import annotations
@@ -36,11 +39,17 @@ def latent_shape(params: SamplingParams, channels: int = 16) -> tuple[int, ...]:
     return (1, channels, (params.num_frames - 1) // 4 + 1, params.height // 8, params.width // 8)
 
 
-def guided_velocity(models: WanModels, params: SamplingParams, image_tokens=None, condition=None):
-    """model(x, sigma) -> velocity with classifier-free guidance; guidance 1 skips the negative pass."""
-    transformer, dtype = models.transformer, models.dtype
+def encode_prompts(models: WanModels, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The prompt's and the negative prompt's embeddings; no negative when guidance 1 skips its pass."""
     positive = conditioning.encode_prompt(models, params.prompt)
     negative = None if params.guidance_scale == 1.0 else conditioning.encode_prompt(models, params.negative_prompt)
+    return positive, negative
+
+
+def guided_velocity(models: WanModels, params: SamplingParams, prompts, image_tokens=None, condition=None):
+    """model(x, sigma) -> velocity with classifier-free guidance; guidance 1 skips the negative pass."""
+    transformer, dtype = models.transformer, models.dtype
+    positive, negative = prompts
     condition = None if condition is None else condition.to(models.device, dtype)
 
     def predict(x_in, timestep, text, branch):
@@ -77,6 +86,7 @@ def _image_conditioning(models: WanModels, frame: torch.Tensor, num_frames: int)
     """CLIP tokens and first-frame latents for an image-to-video model; nothing for a text-to-video one."""
     if not models.is_i2v:
         return None, None
+    models.use("image_encoder", "vae")
     return conditioning.encode_image_tokens(models, frame), conditioning.first_frame_condition(models, frame, num_frames)
 
 
@@ -86,8 +96,11 @@ def generate_i2v(models: WanModels, image: torch.Tensor, params: SamplingParams,
         raise WanInputError("the diffusion model is a text-to-video model (16 input channels): image-to-video needs "
                             "an I2V model such as wan2.1_i2v_480p_14B")
     frame = conditioning.fit_frames(image[:1], params.width, params.height)[0]
+    models.use("text_encoder")
+    prompts = encode_prompts(models, params)
     image_tokens, condition = _image_conditioning(models, frame, params.num_frames)
-    velocity = guided_velocity(models, params, image_tokens, condition)
+    models.use("transformer")
+    velocity = guided_velocity(models, params, prompts, image_tokens, condition)
     noise = initial_noise(params.seed, latent_shape(params))
     sigmas = flow_sigmas(params.steps, params.flow_shift)
     latents = _sample(models, params, velocity, noise, sigmas, progress)
@@ -99,9 +112,13 @@ def generate_v2v(models: WanModels, video: torch.Tensor, params: SamplingParams,
     if video.shape[0] < params.num_frames:
         raise WanInputError(f"frames={params.num_frames} asks for more frames than the source video has ({video.shape[0]})")
     frames = conditioning.fit_frames(video[: params.num_frames], params.width, params.height)
+    models.use("text_encoder")
+    prompts = encode_prompts(models, params)
+    models.use("vae")
     source = conditioning.normalise_latents(models, conditioning.encode_frames(models, frames))
     image_tokens, condition = _image_conditioning(models, frames[0], params.num_frames)
-    velocity = guided_velocity(models, params, image_tokens, condition)
+    models.use("transformer")
+    velocity = guided_velocity(models, params, prompts, image_tokens, condition)
     sigmas = flow_sigmas(params.steps, params.flow_shift)[strength_start(params.steps, params.strength):]
     noise = initial_noise(params.seed, latent_shape(params))
     noisy = (1.0 - sigmas[0].item()) * source.cpu() + sigmas[0].item() * noise

@@ -25,6 +25,10 @@ The cache is on for one generation only: a model kept loaded (ComfyUI's cache) c
 between runs, whatever the next run asks for, and an interrupted run leaves none either. Its hooks sit on the
 transformer blocks, so they stack with fp8 storage's layerwise casting hooks (on the Linear and Conv layers inside
 them) and see LoRA patches, which are written into the weights themselves.
+
+Model offload: with offload "model" every network waits on the CPU and only the networks of the running stage are
+on the GPU (WanModels.use): Wan 14B in fp8 (~14 GB), UMT5-XXL (~11 GB in bf16), CLIP-H and the VAE sum to ~27 GB,
+more than a 24 GB GPU, while the largest stage, sampling, needs the transformer alone.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from .errors import WanInputError, check_choice
 
 if TYPE_CHECKING:  # diffusers takes seconds to import; the command line reads the choices below without it
     from diffusers import WanTransformer3DModel
+
+    from .loading import WanModels
 
 
 @dataclass(frozen=True)
@@ -82,9 +88,11 @@ def check_model_speed(attention: str, compile: bool, device, dtype: torch.dtype)
             raise WanInputError(f"attention={attention!r} is not available: {error}") from None
 
 
-def apply_model_speed(transformer: WanTransformer3DModel, attention: str = "auto", compile: bool = False) -> None:
-    """Put a loaded transformer in the given attention backend and compiled state; what is already so is kept."""
-    check_model_speed(attention, compile, transformer.device, transformer.patch_embedding.weight.dtype)
+def apply_model_speed(transformer: WanTransformer3DModel, attention: str = "auto", compile: bool = False,
+                      device=None) -> None:
+    """Put a loaded transformer in the given attention backend and compiled state; what is already so is kept.
+    `device` is the one it will run on (default: where it is now), which may differ while it waits offloaded."""
+    check_model_speed(attention, compile, device or transformer.device, transformer.patch_embedding.weight.dtype)
     _set_attention(transformer, ATTENTION[attention].diffusers_name)
     _set_compiled(transformer, compile)
 
@@ -113,6 +121,28 @@ def _set_compiled(transformer: WanTransformer3DModel, compile: bool):
     elif not compile and any(compiled):
         for block in blocks:
             block._compiled_call_impl = None
+
+
+OFFLOADS = ("none", "model")
+
+
+def check_offload(offload: str, device) -> None:
+    """Moving networks to a GPU and back needs a GPU: refused on the CPU rather than silently meaning nothing."""
+    if check_choice("offload", offload, OFFLOADS) == "model" and torch.device(device).type != "cuda":
+        raise WanInputError(f"offload={offload!r} needs a CUDA device, and this runs on {device}: choose 'none'")
+
+
+def model_offload(models: WanModels, names: tuple[str, ...]) -> None:
+    """WanModels.placement for offload "model": the named networks on the compute device, all others on the CPU.
+
+    What diffusers' enable_model_cpu_offload does, but with plain .to() at each stage rather than its accelerate
+    hooks (cpu_offload_with_hook): those move a network at its first forward call and offload the previous one in
+    a fixed chain, while here the pipeline says when each stage starts, and the VAE serves two stages (first frame,
+    decoding) that such a chain orders only once. Networks leave first, so the GPU holds one stage at a time.
+    """
+    networks = models.networks()
+    for name in sorted(networks, key=lambda name: name in names):
+        networks[name].to(models.device if name in names else "cpu")
 
 
 @contextmanager
