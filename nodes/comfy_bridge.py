@@ -72,22 +72,44 @@ def step_progress(total_steps: int):
 # ---- loaded models -----------------------------------------------------------------------------------------------
 
 
-class _Networks(torch.nn.Module):
-    """The bundle's networks as one module, so ComfyUI's memory manager moves and frees them like its own models."""
+class _Network(torch.nn.Module):
+    """One network as ComfyUI's memory manager handles it. The wrapper is there because a ModelPatcher sets
+    `.device` on its model, which diffusers' and transformers' modules have as a read-only property."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
+
+
+class _Stages:
+    """WanModels.placement in ComfyUI: one ModelPatcher per network, and each stage has ComfyUI load the ones it
+    names. So a stage's networks alone need to fit: ComfyUI evicts the others (and any other model) when VRAM is
+    short, as it does between its own CLIPLoader, CLIPVisionLoader, UNETLoader and VAELoader models."""
 
     def __init__(self, models):
-        super().__init__()
-        self.transformer, self.vae, self.text_encoder = models.transformer, models.vae, models.text_encoder
-        self.image_encoder = models.image_encoder
+        self.patchers = {name: comfy.model_patcher.ModelPatcher(_Network(network), compute_device(),
+                                                                comfy.model_management.unet_offload_device())
+                         for name, network in models.networks().items()}
+        self.changing = False  # True while a stage's own load makes room
+
+    def __call__(self, _models, names: tuple[str, ...]):
+        self.changing = True
+        try:
+            # force_full_load: ComfyUI loads a model partly by leaving layers on the offload device for comfy.ops
+            # layers to cast on the fly; diffusers' and transformers' layers have no such casting, so a partial
+            # load would compute with weights (and buffers) on two devices.
+            comfy.model_management.load_models_gpu([self.patchers[name] for name in names], force_full_load=True)
+        finally:
+            self.changing = False
 
 
 class LoadedWan:
-    """One set of base weights in memory, with the ModelPatcher that registers it with ComfyUI."""
+    """One set of base weights in memory, registered with ComfyUI's memory manager one network at a time."""
 
     def __init__(self, models):
         self.models = models
-        self.patcher = comfy.model_patcher.ModelPatcher(
-            _Networks(models), comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device())
+        self.stages = models.placement = _Stages(models)
+        models.device = compute_device()
         _release_when_unloaded(self)
 
 
@@ -101,15 +123,17 @@ _kept: list[LoadedWan] = []
 
 
 def _release_when_unloaded(loaded: LoadedWan):
-    """Stop keeping the weights when ComfyUI unloads them (Free memory, room for other models): its memory manager
-    detaches a model with unpatch_all=True then, and with False when it only loads the same model again."""
-    this = weakref.ref(loaded)  # a strong reference from its own patcher would keep the weights past their use
+    """Stop keeping the weights when ComfyUI unloads any of their networks (Free memory, room for other models):
+    its memory manager detaches a model with unpatch_all=True then, and with False when it only loads the same
+    model again. A network evicted to make room for this bundle's next stage is still in use: that one is kept."""
+    this = weakref.ref(loaded)  # a strong reference from its own patchers would keep the weights past their use
 
     def on_detach(_patcher, unpatch_all: bool):
-        if unpatch_all and this() in _kept:
+        if unpatch_all and this() in _kept and not this().stages.changing:
             _kept.remove(this())
 
-    loaded.patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_DETACH, on_detach)
+    for patcher in loaded.stages.patchers.values():
+        patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_DETACH, on_detach)
 
 
 def load_wan(files: tuple[Path, Path, Path, Path | None], dtype: torch.dtype, weight_storage: str) -> LoadedWan:
@@ -140,22 +164,17 @@ class WanModel:
     compile: bool = False
 
     def ready(self):
-        """The WanModels with this branch's LoRAs and speed settings applied, on ComfyUI's compute device (other
-        models make room)."""
+        """The WanModels with this branch's LoRAs and speed settings applied; each stage then has ComfyUI load
+        the networks it runs."""
         from ..wan_core.lora import set_lora_stack
         from ..wan_core.speed import apply_model_speed
 
-        report = set_lora_stack(self.loaded.models, self.loras)
+        models = self.loaded.models
+        report = set_lora_stack(models, self.loras)
         if self.loras:
             log.info("WanFlow: %s", report.summary())
-        models = self.on_device()
-        apply_model_speed(models.transformer, self.attention, self.compile)  # on the device it will run on
+        apply_model_speed(models.transformer, self.attention, self.compile, models.device)  # where it will run
         return models
-
-    def on_device(self):
-        """The WanModels on ComfyUI's compute device, LoRAs as they are (decoding does not involve them)."""
-        comfy.model_management.load_models_gpu([self.loaded.patcher], force_full_load=True)
-        return self.loaded.models
 
 
 def compute_device() -> torch.device:

@@ -127,5 +127,5 @@ class WanVAEDecode(io.ComfyNode):
         from ..wan_core.conditioning import decode_latents
 
         samples: torch.Tensor = latent["samples"]  # [B, 16, T, h, w]
-        models = model.on_device()
+        models = model.loaded.models  # decoding loads the VAE alone, with no LoRA involved
         return io.NodeOutput(torch.cat([decode_latents(models, video[None], tiled) for video in samples]))

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from comfyui_server import TINY, TINY_LORA, ComfyServer, load_json
+from comfyui_server import PACK_ROOT, TINY, TINY_LORA, ComfyServer, comfyui_tree, load_json, run_in_comfyui
 from remote_standin import FAKE_KEY, RESULT_FRAMES
+from wan_core.cli import main as cli_main
 from wan_core.video_io import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,6 +253,22 @@ def test_free_memory_drops_the_loaded_model(comfy):
     workflow[node_of(workflow, "WanI2VSampler")]["inputs"]["seed"] = 124
     assert comfy.run(workflow)["status"]["status_str"] == "success"
     assert comfy.log().count("WanFlow: loaded wan2.1_tiny_i2v") == loads + 1
+
+
+def test_each_network_is_its_own_model_in_comfyuis_memory_manager(tmp_path):
+    """The four networks are four models to ComfyUI, each loaded for its stage (the transformer last, for
+    sampling), and unloading them all (Free memory) stops the pack keeping the weights. No HTTP endpoint lists
+    loaded models, so this runs the nodes in a ComfyUI process and reads comfy.model_management itself."""
+    assert cli_main(["tiny-models", "--models-dir", str(tmp_path / "models")]) == 0
+    (tmp_path / "custom_nodes").mkdir()
+    (tmp_path / "custom_nodes" / "wanflow").symlink_to(PACK_ROOT, target_is_directory=True)
+    result = run_in_comfyui(comfyui_tree(), Path(__file__).with_name("comfy_loaded_models.py"), tmp_path / "models",
+                            tmp_path / "custom_nodes", capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    held = json.loads(result.stdout.strip().splitlines()[-1])
+    assert held["after_sampling"][0] == "transformer"
+    assert sorted(held["after_sampling"]) == ["image_encoder", "text_encoder", "transformer", "vae"]
+    assert held["after_unload"] == [] and held["kept"] == 0
 
 
 def test_remote_workflow_runs_against_the_provider_stand_in(comfy):
