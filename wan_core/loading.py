@@ -9,8 +9,8 @@ dtype.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from accelerate import init_empty_weights
