@@ -2,7 +2,7 @@
 
 Two kinds of setting. Model settings (attention backend, compiled blocks) belong to a loaded transformer and stay on
 it from run to run; per-generation settings (the step cache) are on for one generation only. Beside them, model
-offload (last below) decides where the networks wait between stages; fp8 weight storage is decided when the
+offload (its paragraph below) decides where the networks wait between stages; fp8 weight storage is decided when the
 weights are read (precision.py).
 
 Attention backend: diffusers' attention dispatcher (`ModelMixin.set_attention_backend`), under our short names
