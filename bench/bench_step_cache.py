@@ -31,7 +31,7 @@ from PIL import Image
 
 from wan_core import conditioning, pipeline
 from wan_core.loading import WAN_HEAD_DIM, load_models
-from wan_core.params import SamplingParams
+from wan_core.params import WAN_NEGATIVE_PROMPT, SamplingParams
 from wan_core.tiny import IMAGE_DIM, TEXT_DIM, tiny_model_paths
 from wan_core.video_io import pil_to_frame
 
@@ -77,7 +77,7 @@ def generate_diffusers(models, picture, args, threshold: float) -> np.ndarray:
     if threshold:
         models.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
     try:
-        return reference(image=picture, prompt=PROMPT, negative_prompt=SamplingParams(prompt="").negative_prompt,
+        return reference(image=picture, prompt=PROMPT, negative_prompt=WAN_NEGATIVE_PROMPT,
                          height=args.height, width=args.width, num_frames=args.frames, num_inference_steps=args.steps,
                          generator=torch.Generator().manual_seed(SEED), output_type="np").frames[0]
     finally:

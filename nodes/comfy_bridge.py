@@ -59,7 +59,7 @@ def step_progress(total_steps: int):
     in the queue raises here, so sampling stops within one step."""
     comfy.model_management.throw_exception_if_processing_interrupted()
     bar = comfy.utils.ProgressBar(total_steps)
-    previewer = latent_preview.get_previewer(comfy.model_management.get_torch_device(), comfy.latent_formats.Wan21())
+    previewer = latent_preview.get_previewer(compute_device(), comfy.latent_formats.Wan21())
 
     def progress(step: int, total: int, x0: torch.Tensor | None):
         # x0 [1, 16, T, h, w] is normalised like ComfyUI's Wan21 latent format, which its previewers expect

@@ -11,7 +11,8 @@ from wan_core import conditioning, pipeline
 from wan_core.speed import model_offload
 from wan_core.video_io import pil_to_frame
 
-TEXT, IMAGE, SAMPLING, DECODING = ("text_encoder",), ("image_encoder", "vae"), ("transformer",), ("vae",)
+TEXT, SOURCE, IMAGE = ("text_encoder",), ("vae",), ("image_encoder", "vae")  # v2v's source frames: the VAE
+SAMPLING, DECODING = ("transformer",), ("vae",)
 
 
 def recording(models):
@@ -41,14 +42,14 @@ def test_v2v_on_a_t2v_model_needs_no_image_encoder(tiny_t2v):
     models, stages = recording(tiny_t2v)
     run = params("euler", strength=0.7)
     latents = pipeline.generate_v2v(models, source_video(), run).latents
-    assert stages == [TEXT, ("vae",), SAMPLING]
+    assert stages == [TEXT, SOURCE, SAMPLING]
     assert torch.equal(latents, pipeline.generate_v2v(tiny_t2v, source_video(), run).latents)
 
 
 def test_v2v_on_an_i2v_model_adds_the_image_stage(tiny_i2v):
     models, stages = recording(tiny_i2v)
     pipeline.generate_v2v(models, source_video(), params("euler", strength=0.7))
-    assert stages == [TEXT, ("vae",), IMAGE, SAMPLING]
+    assert stages == [TEXT, SOURCE, IMAGE, SAMPLING]
 
 
 def test_model_offload_placement_gives_the_same_latents(tiny_i2v):

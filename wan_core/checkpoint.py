@@ -37,6 +37,11 @@ class TensorPart(NamedTuple):
     rows: slice | None = None
 
 
+def source_key(source: str | TensorPart) -> str:
+    """The file tensor a parameter's source reads from."""
+    return source if isinstance(source, str) else source.key
+
+
 class Checkpoint:
     """Common part: where it is, which slot it was given for, and how to refuse it with both named."""
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .checkpoint import TensorPart
+from .checkpoint import TensorPart, source_key
 
 
 @dataclass(frozen=True)
@@ -103,4 +103,4 @@ def open_clip_vision_names(shapes: dict) -> dict[str, str | TensorPart]:
             names[clip] = _without_batch_dims(names[clip], shapes[names[clip]], ndim)
     for index in sorted({key[len(layout.blocks):].split(".")[0] for key in shapes if key.startswith(layout.blocks)}):
         names |= _block_names(layout, shapes, index)
-    return {clip: source for clip, source in names.items() if getattr(source, "key", source) in shapes}
+    return {clip: source for clip, source in names.items() if source_key(source) in shapes}

@@ -18,7 +18,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-from .checkpoint import Checkpoint, SafetensorsFile, TensorPart, open_checkpoint
+from .checkpoint import Checkpoint, SafetensorsFile, TensorPart, open_checkpoint, source_key
 from .clip_names import is_open_clip, open_clip_vision_names
 from .errors import WanInputError
 from .t5_names import is_wan_t5, wan_t5_names
@@ -65,9 +65,8 @@ def _materialise(module_class, config, checkpoint: Checkpoint, names: dict[str, 
             wanted = dtype
         tensor = checkpoint.read(names[name])
         if tuple(tensor.shape) != tuple(empty.shape):
-            key = getattr(names[name], "key", names[name])
-            checkpoint.fail(f"has {key!r} of shape {tuple(tensor.shape)} where the architecture read from "
-                            f"its other shapes needs {tuple(empty.shape)}")
+            checkpoint.fail(f"has {source_key(names[name])!r} of shape {tuple(tensor.shape)} where the architecture "
+                            f"read from its other shapes needs {tuple(empty.shape)}")
         state[name] = to_storage(tensor, wanted)
     try:
         module.load_state_dict(state, strict=False, assign=True)

@@ -3,7 +3,8 @@
     frames in -> conditioning -> noise at sigma_0 -> sampler over the sigma list -> raw latents -> frames out
 
 Each stage first says which networks it runs (models.use), so that each can be on the GPU for its stage alone:
-prompts (text encoder), image conditioning (CLIP and VAE), sampling (transformer), decoding (VAE).
+prompts (text encoder), v2v's source frames (VAE), image conditioning (CLIP and VAE), sampling (transformer),
+decoding (VAE, in conditioning.decode_latents).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Speed settings: the one place where diffusers' and PyTorch's speed features are switched on.
 
-Two kinds. Model settings (attention backend, compiled blocks) belong to a loaded transformer and stay on it from
-run to run; per-generation settings (the step cache) are on for one generation only. fp8 weight storage is decided
-when the weights are read (precision.py).
+Two kinds of setting. Model settings (attention backend, compiled blocks) belong to a loaded transformer and stay on
+it from run to run; per-generation settings (the step cache) are on for one generation only. Beside them, model
+offload (its paragraph below) decides where the networks wait between stages; fp8 weight storage is decided when the
+weights are read (precision.py).
 
 Attention backend: diffusers' attention dispatcher (`ModelMixin.set_attention_backend`), under our short names
 (ATTENTION below). "auto" is diffusers' default: PyTorch's scaled_dot_product_attention, which itself picks the
