@@ -35,7 +35,7 @@ from PIL import Image
 from wan_core import pipeline
 from wan_core.errors import WanInputError
 from wan_core.loading import WAN_HEAD_DIM, load_models
-from wan_core.params import SamplingParams
+from wan_core.params import WAN_NEGATIVE_PROMPT, SamplingParams
 from wan_core.precision import FP8_STORAGE_DTYPE
 from wan_core.speed import apply_model_speed
 from wan_core.tiny import IMAGE_DIM, TEXT_DIM, tiny_model_paths
@@ -80,7 +80,7 @@ def run_diffusers(models, picture, args, stamps: list) -> None:
         stamps.append(synchronised_clock(args.device))
         return kwargs
 
-    reference(image=picture, prompt=PROMPT, negative_prompt=SamplingParams(prompt="").negative_prompt,
+    reference(image=picture, prompt=PROMPT, negative_prompt=WAN_NEGATIVE_PROMPT,
               height=args.height, width=args.width, num_frames=args.frames, num_inference_steps=args.steps,
               generator=torch.Generator().manual_seed(SEED), output_type="latent", callback_on_step_end=on_step)
 

@@ -257,8 +257,12 @@ class WanModels:
     tokenizer: T5Tokenizer
     image_encoder: CLIPVisionModel | None = None
     image_processor: CLIPImageProcessorPil | None = None
-    device: torch.device = torch.device("cpu")
+    device: torch.device | None = None  # None: where the transformer's weights are when the bundle is made
     placement: Callable[[WanModels, tuple[str, ...]], None] | None = None
+
+    def __post_init__(self):
+        if self.device is None:
+            self.device = self.transformer.patch_embedding.weight.device
 
     @property
     def is_i2v(self) -> bool:

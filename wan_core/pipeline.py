@@ -10,7 +10,7 @@ decoding (VAE, in conditioning.decode_latents).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
