@@ -36,8 +36,9 @@ class LoadWanModel(io.ComfyNode):
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
                                tooltip="Compute precision; auto picks bf16 or fp16 on a GPU, fp32 on the CPU."),
                 io.Combo.Input("weight_storage", options=list(WEIGHT_STORAGES), default=WEIGHT_STORAGES[0],
-                               tooltip="fp8 keeps the diffusion model's weights in float8 (half the memory of "
-                                       "bf16) and upcasts one layer at a time to the compute precision."),
+                               tooltip="fp8 keeps the diffusion model's and text encoder's weights in float8 "
+                                       "(about half the memory of bf16) and upcasts one layer at a time to the "
+                                       "compute precision."),
                 # optional: prompts saved before these inputs existed still queue, with diffusers' defaults
                 io.Combo.Input("attention", options=list(ATTENTION_CHOICES), default="auto", optional=True,
                                tooltip="Attention kernel. auto: PyTorch's own (SDPA), which picks a fast kernel "

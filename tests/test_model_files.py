@@ -409,6 +409,33 @@ def test_scaled_fp8_text_encoder_loads_by_the_formula(tiny_paths, tmp_path, tiny
     assert tokenizer("a cat").input_ids == tiny_i2v.tokenizer("a cat").input_ids
 
 
+def text_output(model, tokenizer) -> torch.Tensor:
+    ids = tokenizer(["a cat walks on the grass in the sun"], return_tensors="pt")
+    with torch.no_grad():
+        return model(**ids).last_hidden_state.float()
+
+
+def test_fp8_storage_keeps_the_text_encoders_linear_weights_in_fp8(tiny_paths, tiny_i2v):
+    model, tokenizer = load_text_encoder(tiny_paths["text_encoder"], torch.float32, weight_storage="fp8")
+    stored = {name for name, parameter in model.named_parameters() if parameter.dtype == FP8}
+    linear = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    # every Linear but the feed-forward output wo, which UMT5 needs in the compute dtype; nothing else
+    assert stored == {f"{name}.weight" for name in linear if not name.endswith(".wo")}
+    assert model.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
+    assert model.shared.weight.dtype == torch.float32  # embeddings, position biases and norms stay in compute dtype
+    assert model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.dtype == torch.float32
+    assert model.encoder.final_layer_norm.weight.dtype == torch.float32
+    # Reference by formula: the full-precision encoder with each fp8-stored weight rounded through fp8.
+    rounded, _ = load_text_encoder(tiny_paths["text_encoder"])
+    with torch.no_grad():
+        for name in stored:
+            rounded.get_parameter(name).copy_(tiny_i2v.text_encoder.get_parameter(name).to(FP8).float())
+    assert torch.equal(text_output(model, tokenizer), text_output(rounded, tokenizer))
+    assert all(model.get_parameter(name).dtype == FP8 for name in stored)  # cast back to storage after the pass
+    error = relative_error(text_output(model, tokenizer), text_output(tiny_i2v.text_encoder, tokenizer))
+    assert 0 < error < FP8_OUTPUT_TOLERANCE
+
+
 def test_weight_storage_is_checked(tiny_paths):
     with pytest.raises(WanInputError, match="weight_storage='int4' is not allowed: choose one of compute, fp8"):
         load_models(tiny_paths["t2v"], tiny_paths["vae"], tiny_paths["text_encoder"], weight_storage="int4")

@@ -32,7 +32,8 @@ def _add_common(parser: argparse.ArgumentParser):
                                               "a bare file name (overrides the folder's default)")
     parser.add_argument("--tokenizer", help="tokenizer folder, for text encoder files that embed none")
     parser.add_argument("--weight-storage", choices=WEIGHT_STORAGES, default="compute",
-                        help="fp8: keep the diffusion model's weights in float8_e4m3fn, upcast per layer")
+                        help="fp8: keep the diffusion model's and text encoder's weights in float8_e4m3fn, "
+                             "upcast per layer")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", help="default: Wan 2.1's official negative prompt")
     parser.add_argument("--size", default="832*480", help="W*H, multiples of 16 from 64 to 1920 (default 832*480)")

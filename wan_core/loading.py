@@ -175,8 +175,11 @@ def umt5_config(shapes: dict[str, tuple]) -> UMT5Config:
     )
 
 
-def load_text_encoder(path, dtype=torch.float32, tokenizer_dir=None) -> tuple[UMT5EncoderModel, T5Tokenizer]:
-    """UMT5 under transformers' names (ComfyUI, diffusers) or Wan's own (the release's .pth), plus its tokenizer."""
+def load_text_encoder(path, dtype=torch.float32, tokenizer_dir=None,
+                      weight_storage: str | None = None) -> tuple[UMT5EncoderModel, T5Tokenizer]:
+    """UMT5 under transformers' names (ComfyUI, diffusers) or Wan's own (the release's .pth), plus its tokenizer;
+    weight_storage "fp8" keeps its Linear weights in float8_e4m3fn, upcast per layer (see precision.py)."""
+    storage = check_weight_storage(weight_storage)
     checkpoint = open_checkpoint(path, "text encoder")
     _require_component(checkpoint, "a UMT5 text encoder")
     if is_wan_t5(checkpoint.shapes):
@@ -187,7 +190,8 @@ def load_text_encoder(path, dtype=torch.float32, tokenizer_dir=None) -> tuple[UM
         names["shared.weight"] = names["encoder.embed_tokens.weight"] = embedding
     tokenizer = load_tokenizer(checkpoint, tokenizer_dir)  # before the weights: a missing tokenizer fails fast
     config = umt5_config({new: checkpoint.shapes[old] for new, old in names.items()})
-    model = _materialise(UMT5EncoderModel, config, checkpoint, names, dtype)
+    prepare = (lambda module: prepare_fp8_storage(module, dtype)) if storage == "fp8" else None
+    model = _materialise(UMT5EncoderModel, config, checkpoint, names, dtype, prepare=prepare)
     model.set_input_embeddings(model.shared)
     return model, tokenizer
 
@@ -311,8 +315,8 @@ def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torc
     """Load the four components (clip_vision only matters for image-to-video models) and check they fit together.
 
     Each of them may be a file or a folder in any supported layout (see checkpoint.py). `dtype` is the compute
-    dtype and `device` the compute device; weight_storage="fp8" keeps the transformer's weights in float8_e4m3fn,
-    upcast per layer. `tokenizer` is a tokenizer folder for text encoder files that carry none (see tokenizer.py
+    dtype and `device` the compute device; weight_storage="fp8" keeps the transformer's and the text encoder's
+    weights in float8_e4m3fn, upcast per layer. `tokenizer` is a tokenizer folder for text encoder files that carry none (see tokenizer.py
     for where else it looks). `attention` and `compile` are the transformer's speed settings (speed.py), checked
     before anything is read. offload="model" keeps the networks on the CPU and moves each to `device` for its stage.
     """
@@ -321,7 +325,7 @@ def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torc
     check_offload(offload, device)
     home = "cpu" if offload == "model" else device  # where the networks wait between stages
     transformer = load_transformer(diffusion_model, dtype, weight_storage).to(home)
-    encoder, tokenizer = load_text_encoder(text_encoder, dtype, tokenizer)
+    encoder, tokenizer = load_text_encoder(text_encoder, dtype, tokenizer, weight_storage)
     models = WanModels(transformer, load_vae(vae, dtype).to(home), encoder.to(home), tokenizer,
                        device=torch.device(device), placement=model_offload if offload == "model" else None)
     if clip_vision is not None and transformer.config.image_dim is not None:
