@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 def measure(side: str, width: int, height: int, frames: int, steps: int) -> dict:
     import numpy as np
     import torch
-    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
     from PIL import Image
+    from reference import reference_pipeline
 
     from wan_core import conditioning, pipeline
     from wan_core.loading import load_models
@@ -46,11 +46,7 @@ def measure(side: str, width: int, height: int, frames: int, steps: int) -> dict
                                         lambda *_: stamps.append(time.perf_counter())).latents
         conditioning.decode_latents(models, latents)
     else:
-        reference = WanImageToVideoPipeline(
-            tokenizer=models.tokenizer, text_encoder=models.text_encoder, vae=models.vae,
-            scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),
-            image_processor=models.image_processor, image_encoder=models.image_encoder, transformer=models.transformer)
-        reference.set_progress_bar_config(disable=True)
+        reference = reference_pipeline(models, flow_shift=3.0)
 
         def on_step(_pipe, _i, _t, kwargs):
             stamps.append(time.perf_counter())

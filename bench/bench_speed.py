@@ -29,8 +29,9 @@ sys.path.insert(0, str(ROOT))  # this checkout's wan_core, before any installed 
 
 import numpy as np
 import torch
-from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+from diffusers import WanTransformer3DModel
 from PIL import Image
+from reference import reference_pipeline
 
 from wan_core import pipeline
 from wan_core.errors import WanInputError
@@ -70,11 +71,7 @@ def synchronised_clock(device) -> float:
 
 
 def run_diffusers(models, picture, args, stamps: list) -> None:
-    reference = WanImageToVideoPipeline(
-        tokenizer=models.tokenizer, text_encoder=models.text_encoder, vae=models.vae,
-        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=SHIFT),
-        image_processor=models.image_processor, image_encoder=models.image_encoder, transformer=models.transformer)
-    reference.set_progress_bar_config(disable=True)
+    reference = reference_pipeline(models, SHIFT)
 
     def on_step(_pipe, _i, _t, kwargs):
         stamps.append(synchronised_clock(args.device))

@@ -25,9 +25,10 @@ sys.path.insert(0, str(ROOT))  # this checkout's wan_core, before any installed 
 
 import numpy as np
 import torch
-from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+from diffusers import WanTransformer3DModel
 from diffusers.hooks import FirstBlockCacheConfig
 from PIL import Image
+from reference import reference_pipeline
 
 from wan_core import conditioning, pipeline
 from wan_core.loading import WAN_HEAD_DIM, load_models
@@ -69,11 +70,7 @@ def generate_wan_core(models, picture, args, threshold: float) -> np.ndarray:
 
 
 def generate_diffusers(models, picture, args, threshold: float) -> np.ndarray:
-    reference = WanImageToVideoPipeline(
-        tokenizer=models.tokenizer, text_encoder=models.text_encoder, vae=models.vae,
-        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=SHIFT),
-        image_processor=models.image_processor, image_encoder=models.image_encoder, transformer=models.transformer)
-    reference.set_progress_bar_config(disable=True)
+    reference = reference_pipeline(models, SHIFT)
     if threshold:
         models.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
     try:

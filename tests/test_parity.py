@@ -21,6 +21,14 @@ def reference_scheduler(sampler: str) -> UniPCMultistepScheduler:
     return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=SHIFT, **first_order)
 
 
+def reference_i2v_pipeline(models, sampler: str) -> WanImageToVideoPipeline:
+    """diffusers' I2V pipeline on the same modules as the wan_core bundle `models`."""
+    return WanImageToVideoPipeline(
+        tokenizer=models.tokenizer, text_encoder=models.text_encoder, vae=models.vae,
+        scheduler=reference_scheduler(sampler), image_processor=models.image_processor,
+        image_encoder=models.image_encoder, transformer=models.transformer)
+
+
 def random_pictures(count: int) -> list[Image.Image]:
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)) for _ in range(count)]
@@ -41,10 +49,7 @@ def reference_kwargs(run: SamplingParams) -> dict:
 @pytest.mark.parametrize("sampler", ["unipc", "euler"])
 def test_image_to_video_matches_diffusers(tiny_i2v, sampler):
     models, picture = tiny_i2v, random_pictures(1)[0]
-    reference_pipe = WanImageToVideoPipeline(
-        tokenizer=models.tokenizer, text_encoder=models.text_encoder, vae=models.vae,
-        scheduler=reference_scheduler(sampler), image_processor=models.image_processor,
-        image_encoder=models.image_encoder, transformer=models.transformer)
+    reference_pipe = reference_i2v_pipeline(models, sampler)
     run = params(sampler)
     reference = reference_pipe(image=picture, num_frames=FRAMES, **reference_kwargs(run)).frames[0]
 

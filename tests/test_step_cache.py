@@ -6,9 +6,8 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
-from diffusers import WanImageToVideoPipeline
 from diffusers.hooks import FirstBlockCacheConfig
-from test_parity import FRAMES, STEPS, TOLERANCE, params, random_pictures, reference_kwargs, reference_scheduler
+from test_parity import FRAMES, STEPS, TOLERANCE, params, random_pictures, reference_i2v_pipeline, reference_kwargs
 
 from wan_core import conditioning, pipeline
 from wan_core.errors import WanInputError
@@ -53,10 +52,7 @@ def decoded(models, latents) -> np.ndarray:
 @pytest.mark.parametrize("threshold", [0.045, SKIPPING])  # some passes skipped; all but the first per branch
 def test_step_cache_matches_diffusers_first_block_cache(tiny_i2v, threshold):
     models, picture = tiny_i2v, random_pictures(1)[0]
-    reference_pipe = WanImageToVideoPipeline(
-        tokenizer=models.tokenizer, text_encoder=models.text_encoder, vae=models.vae,
-        scheduler=reference_scheduler("unipc"), image_processor=models.image_processor,
-        image_encoder=models.image_encoder, transformer=models.transformer)
+    reference_pipe = reference_i2v_pipeline(models, "unipc")
     run = params("unipc", step_cache=threshold)
     models.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
     try:

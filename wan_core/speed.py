@@ -114,7 +114,7 @@ def _set_attention(transformer: WanTransformer3DModel, name: str | None):
 
 
 def _set_compiled(transformer: WanTransformer3DModel, compile: bool):
-    blocks = [module for module in transformer.modules() if type(module).__name__ in transformer._repeated_blocks]
+    blocks = transformer.blocks  # the WanTransformerBlocks compile_repeated_blocks compiles
     # nn.Module.compile() keeps the compiled call in _compiled_call_impl; torch has no public "uncompile"
     compiled = [block._compiled_call_impl is not None for block in blocks]
     if compile and not all(compiled):
