@@ -27,7 +27,7 @@ CHILD = r"""
 import json, sys, threading, time, psutil, torch
 sys.path.insert(0, ROOT)
 from diffusers import WanTransformer3DModel
-from wan_core.loading import load_transformer
+from wan_core.files.loading import load_transformer
 process = psutil.Process()
 peak = [0]
 stop = threading.Event()

@@ -55,7 +55,7 @@ def write_loras(folder: Path, layers: int, rank: int) -> list[Path]:
     import torch
     from safetensors.torch import save_file
 
-    from wan_core.wan_names import transformer_key_to_wan
+    from wan_core.files.wan_names import transformer_key_to_wan
 
     paths = []
     for index in range(3):
@@ -137,9 +137,9 @@ def measure(side: str, layers: int, paths: list[str]) -> dict:
 
 
 def _wan_core(model, paths):
-    from wan_core.loading import WanModels
-    from wan_core.lora import set_lora_stack
-    from wan_core.lora_stack import LoraEntry
+    from wan_core.files.loading import WanModels
+    from wan_core.lora.apply import set_lora_stack
+    from wan_core.lora.stack import LoraEntry
 
     models = WanModels(model, None, None, None)
     stack = tuple(LoraEntry(path, scale) for path, scale in zip(paths, SCALES))

@@ -33,12 +33,12 @@ from diffusers import WanTransformer3DModel
 from PIL import Image
 from reference import reference_pipeline
 
-from wan_core import pipeline
+from wan_core.sampling import pipeline
 from wan_core.errors import WanInputError
-from wan_core.loading import WAN_HEAD_DIM, load_models
-from wan_core.params import WAN_NEGATIVE_PROMPT, SamplingParams
-from wan_core.precision import FP8_STORAGE_DTYPE
-from wan_core.speed import apply_model_speed
+from wan_core.files.loading import WAN_HEAD_DIM, load_models
+from wan_core.sampling.params import WAN_NEGATIVE_PROMPT, SamplingParams
+from wan_core.files.precision import FP8_STORAGE_DTYPE
+from wan_core.sampling.speed import apply_model_speed
 from wan_core.tiny import IMAGE_DIM, TEXT_DIM, tiny_model_paths
 from wan_core.video_io import pil_to_frame
 

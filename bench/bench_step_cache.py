@@ -30,9 +30,9 @@ from diffusers.hooks import FirstBlockCacheConfig
 from PIL import Image
 from reference import reference_pipeline
 
-from wan_core import conditioning, pipeline
-from wan_core.loading import WAN_HEAD_DIM, load_models
-from wan_core.params import WAN_NEGATIVE_PROMPT, SamplingParams
+from wan_core.sampling import conditioning, pipeline
+from wan_core.files.loading import WAN_HEAD_DIM, load_models
+from wan_core.sampling.params import WAN_NEGATIVE_PROMPT, SamplingParams
 from wan_core.tiny import IMAGE_DIM, TEXT_DIM, tiny_model_paths
 from wan_core.video_io import pil_to_frame
 

@@ -19,7 +19,7 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..wan_core.errors import WanInputError
-from ..wan_core.lora_stack import LoraStack
+from ..wan_core.lora.stack import LoraStack
 
 CATEGORY = "WanFlow"
 WanModelType = io.Custom("WAN_MODEL")
@@ -137,7 +137,7 @@ def _release_when_unloaded(loaded: LoadedWan):
 
 
 def load_wan(files: tuple[Path, Path, Path, Path | None], dtype: torch.dtype, weight_storage: str) -> LoadedWan:
-    from ..wan_core.loading import load_models
+    from ..wan_core.files.loading import load_models
 
     key = (*files, *(path.stat().st_mtime_ns for path in files if path), dtype, weight_storage)
     loaded = _loaded.get(key)
@@ -166,8 +166,8 @@ class WanModel:
     def ready(self):
         """The WanModels with this branch's LoRAs and speed settings applied; each stage then has ComfyUI load
         the networks it runs."""
-        from ..wan_core.lora import set_lora_stack
-        from ..wan_core.speed import apply_model_speed
+        from ..wan_core.lora.apply import set_lora_stack
+        from ..wan_core.sampling.speed import apply_model_speed
 
         models = self.loaded.models
         report = set_lora_stack(models, self.loras)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..wan_core.errors import WanInputError, check_choice
-from ..wan_core.lora_stack import MAX_LORAS_PER_NODE, SCALE_RANGE, LoraEntry, extend_stack
-from ..wan_core.precision import WEIGHT_STORAGES
-from ..wan_core.speed import ATTENTION_CHOICES, check_model_speed
+from ..wan_core.lora.stack import MAX_LORAS_PER_NODE, SCALE_RANGE, LoraEntry, extend_stack
+from ..wan_core.files.precision import WEIGHT_STORAGES
+from ..wan_core.sampling.speed import ATTENTION_CHOICES, check_model_speed
 from .comfy_bridge import CATEGORY, NONE, WanLorasType, WanModel, WanModelType, compute_device, compute_dtype, \
     folder_choices, folder_file, load_wan, missing_from_folders
 

@@ -10,7 +10,7 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.v0_0_2 import io
 
-from ..wan_core.params import SEED_RANGE, WAN_NEGATIVE_PROMPT
+from ..wan_core.sampling.params import SEED_RANGE, WAN_NEGATIVE_PROMPT
 from ..wan_core.remote import PROVIDERS, RemoteCancelled, RemoteRequest, WaitSettings, run_remote
 from ..wan_core.remote.request import SIZE_RESOLUTIONS, TASK_MEDIA
 from ..wan_core.video_io import DEFAULT_FPS

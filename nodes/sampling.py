@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..wan_core.params import FLOW_SHIFT_RANGE, FRAMES_RANGE, GUIDANCE_RANGE, SAMPLER_NAMES, SEED_RANGE, SIZE_MULTIPLE, \
+from ..wan_core.sampling.params import FLOW_SHIFT_RANGE, FRAMES_RANGE, GUIDANCE_RANGE, SAMPLER_NAMES, SEED_RANGE, SIZE_MULTIPLE, \
     SIZE_RANGE, STEP_CACHE_RANGE, STEPS_RANGE, STRENGTH_RANGE, WAN_NEGATIVE_PROMPT, SamplingParams, whole_clip_frames
 from .comfy_bridge import CATEGORY, WanModelType, step_progress
 
@@ -73,7 +73,7 @@ class WanI2VSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, image, **inputs) -> io.NodeOutput:
-        from ..wan_core.pipeline import generate_i2v
+        from ..wan_core.sampling.pipeline import generate_i2v
 
         return _sample(generate_i2v, model, image, _params(**inputs))
 
@@ -99,7 +99,7 @@ class WanV2VSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, video, strength, frames, **inputs) -> io.NodeOutput:
-        from ..wan_core.pipeline import generate_v2v
+        from ..wan_core.sampling.pipeline import generate_v2v
 
         frames = min(frames, whole_clip_frames(video.shape[0]))
         return _sample(generate_v2v, model, video, _params(frames=frames, strength=strength, **inputs))
@@ -124,7 +124,7 @@ class WanVAEDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, tiled) -> io.NodeOutput:
-        from ..wan_core.conditioning import decode_latents
+        from ..wan_core.sampling.conditioning import decode_latents
 
         samples: torch.Tensor = latent["samples"]  # [B, 16, T, h, w]
         models = model.loaded.models  # decoding loads the VAE alone, with no LoRA involved

@@ -21,7 +21,7 @@ import requests
 import torch
 import websocket
 
-from wan_core.cli import main as cli_main
+from wan_core.cli.main import main as cli_main
 from wan_core.tiny import TINY_FILES, TINY_LORA_FILES
 from wan_core.video_io import write_video
 

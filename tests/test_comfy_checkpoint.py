@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from comfyui_server import comfyui_tree, run_in_comfyui
-from wan_core.loading import load_transformer
+from wan_core.files.loading import load_transformer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).with_name("make_comfy_wan_checkpoint.py")

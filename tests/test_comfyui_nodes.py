@@ -11,7 +11,7 @@ from PIL import Image
 
 from comfyui_server import PACK_ROOT, TINY, TINY_LORA, ComfyServer, comfyui_tree, load_json, run_in_comfyui
 from remote_standin import FAKE_KEY, RESULT_FRAMES
-from wan_core.cli import main as cli_main
+from wan_core.cli.main import main as cli_main
 from wan_core.video_io import read_video
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ import socket
 
 import pytest
 
-from wan_core.cli import main
-from wan_core.download import REPO_ID, set_files
+from wan_core.cli.main import main
+from wan_core.files.download import REPO_ID, set_files
 
 from hub_standin import HubStandIn
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from wan_core.cli import main
+from wan_core.cli.main import main
 from wan_core.video_io import read_video, write_video
 
 ROOT = Path(__file__).resolve().parents[1]

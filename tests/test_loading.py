@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from wan_core.errors import WanInputError
-from wan_core.loading import load_models, load_transformer, load_vae
+from wan_core.files.loading import load_models, load_transformer, load_vae
 from wan_core.tiny import tiny_transformer
 
 
@@ -64,8 +64,8 @@ def test_not_safetensors_and_truncated_files_are_named(tiny_paths, tmp_path):
 
 
 def test_a_t2v_model_cannot_do_image_to_video(tiny_t2v):
-    from wan_core.params import SamplingParams
-    from wan_core.pipeline import generate_i2v
+    from wan_core.sampling.params import SamplingParams
+    from wan_core.sampling.pipeline import generate_i2v
 
     with pytest.raises(WanInputError, match="text-to-video model .* needs an I2V model"):
         generate_i2v(tiny_t2v, torch.rand(1, 64, 64, 3), SamplingParams(prompt="x", width=64, height=64, num_frames=5))

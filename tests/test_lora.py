@@ -18,10 +18,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from wan_core.errors import WanInputError
-from wan_core.loading import WanModels
-from wan_core.lora import set_lora_stack
-from wan_core.lora_sources import download_lora_url, url_cache_path
-from wan_core.lora_stack import LoraEntry, extend_stack
+from wan_core.files.loading import WanModels
+from wan_core.lora.apply import set_lora_stack
+from wan_core.lora.sources import download_lora_url, url_cache_path
+from wan_core.lora.stack import LoraEntry, extend_stack
 from wan_core.tiny import write_tiny_lora
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -367,8 +367,8 @@ def test_fp8_stored_weights_patch_in_float32_and_cast_back(tiny_i2v, tmp_path):
 HUB_SCRIPT = """
 import json, sys
 from wan_core.errors import WanInputError
-from wan_core.lora_sources import resolve_lora_file
-from wan_core.lora_stack import LoraEntry
+from wan_core.lora.sources import resolve_lora_file
+from wan_core.lora.stack import LoraEntry
 results = {}
 for repo, weight_name in [("owner/one", None), ("owner/two", None), ("owner/two", "b.safetensors"), ("owner/gone", None)]:
     try:
@@ -496,7 +496,7 @@ CLI_SMALL = ["--model", "tiny", "--image", str(ROOT / "examples" / "first_frame.
 
 
 def test_cli_lora_option_changes_the_video_and_reports(tiny_cache, tmp_path, capsys):
-    from wan_core.cli import main
+    from wan_core.cli.main import main
     from wan_core.video_io import read_video
 
     lora = write_tiny_lora(tmp_path / "style.safetensors", "i2v", seed=7)
@@ -508,7 +508,7 @@ def test_cli_lora_option_changes_the_video_and_reports(tiny_cache, tmp_path, cap
 
 
 def test_cli_refuses_a_missing_lora_before_loading(tiny_cache, tmp_path, capsys):
-    from wan_core.cli import main
+    from wan_core.cli.main import main
 
     assert main(["i2v", *CLI_SMALL, "--lora", "nothing.safetensors:0.5", "--out", str(tmp_path / "x.mp4")]) == 2
     assert "LoRA 'nothing.safetensors': no such file" in capsys.readouterr().err

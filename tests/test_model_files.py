@@ -25,10 +25,10 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from wan_core.errors import WanInputError
-from wan_core.loading import load_clip_vision, load_models, load_text_encoder, load_transformer, load_vae
-from wan_core.model_files import resolve_model_files
-from wan_core.params import SamplingParams
-from wan_core.pipeline import generate_i2v
+from wan_core.files.loading import load_clip_vision, load_models, load_text_encoder, load_transformer, load_vae
+from wan_core.files.model_files import resolve_model_files
+from wan_core.sampling.params import SamplingParams
+from wan_core.sampling.pipeline import generate_i2v
 from wan_core.tiny import tiny_tokenizer_model
 
 from hub_standin import HubStandIn
@@ -515,7 +515,7 @@ def test_loading_every_layout_changes_nothing_on_disk(diffusers_folder, wan_rele
 
 
 def test_command_line_models_dir_with_fp8_storage(tmp_path, tiny_paths, tiny_cache):
-    from wan_core.cli import main
+    from wan_core.cli.main import main
     from wan_core.video_io import read_video
 
     for component, name in [("i2v", "diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors"),

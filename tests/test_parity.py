@@ -6,8 +6,8 @@ import torch
 from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanVideoToVideoPipeline
 from PIL import Image
 
-from wan_core import conditioning, pipeline
-from wan_core.params import SamplingParams
+from wan_core.sampling import conditioning, pipeline
+from wan_core.sampling.params import SamplingParams
 from wan_core.video_io import pil_to_frame
 
 WIDTH, HEIGHT, FRAMES, STEPS, SHIFT, SEED = 80, 64, 9, 5, 3.0, 7

@@ -25,9 +25,9 @@ from remote_standin import (  # noqa: F401  (the *_fixture names are fixtures, u
     serve_fixture,
 )
 
-from wan_core.cli import main
-from wan_core.lora_stack import LoraEntry
-from wan_core.remote.cli import parse_lora
+from wan_core.cli.main import main
+from wan_core.lora.stack import LoraEntry
+from wan_core.cli.remote import parse_lora
 from wan_core.video_io import write_video
 
 REPO = Path(__file__).resolve().parents[1]

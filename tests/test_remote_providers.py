@@ -25,7 +25,7 @@ from remote_standin import (  # noqa: F401  (the *_fixture names are fixtures, u
 )
 
 from wan_core.errors import WanInputError
-from wan_core.lora_stack import LoraEntry
+from wan_core.lora.stack import LoraEntry
 from wan_core.remote import (
     PROVIDERS,
     AuthError,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-from wan_core.samplers import sample_euler, sample_unipc
-from wan_core.schedule import flow_sigmas, model_timestep, shift_sigma, strength_start
+from wan_core.sampling.samplers import sample_euler, sample_unipc
+from wan_core.sampling.schedule import flow_sigmas, model_timestep, shift_sigma, strength_start
 
 
 @pytest.mark.parametrize("steps,shift", [(30, 3.0), (10, 5.0), (1, 1.0), (50, 8.0)])

@@ -9,10 +9,10 @@ from diffusers.models.attention_dispatch import AttentionBackendName, _Attention
 from test_parity import params, random_pictures
 from torch._dynamo.utils import counters
 
-from wan_core import pipeline
+from wan_core.sampling import pipeline
 from wan_core.errors import WanInputError
-from wan_core.loading import load_models
-from wan_core.speed import ATTENTION, apply_model_speed, check_model_speed
+from wan_core.files.loading import load_models
+from wan_core.sampling.speed import ATTENTION, apply_model_speed, check_model_speed
 from wan_core.video_io import pil_to_frame
 
 COMPILE_TOLERANCE = 1e-4  # inductor fuses and reorders float32 arithmetic; eager vs compiled differ by ~1e-5 here

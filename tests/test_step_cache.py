@@ -9,12 +9,12 @@ import torch
 from diffusers.hooks import FirstBlockCacheConfig
 from test_parity import FRAMES, STEPS, TOLERANCE, params, random_pictures, reference_i2v_pipeline, reference_kwargs
 
-from wan_core import conditioning, pipeline
+from wan_core.sampling import conditioning, pipeline
 from wan_core.errors import WanInputError
-from wan_core.loading import load_models
-from wan_core.lora import set_lora_stack
-from wan_core.lora_stack import LoraEntry
-from wan_core.schedule import strength_start
+from wan_core.files.loading import load_models
+from wan_core.lora.apply import set_lora_stack
+from wan_core.lora.stack import LoraEntry
+from wan_core.sampling.schedule import strength_start
 from wan_core.tiny import write_tiny_lora
 from wan_core.video_io import pil_to_frame
 

@@ -22,8 +22,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wan_core.conditioning import TEXT_LENGTH, clean_prompt, encode_prompt
-from wan_core.loading import load_text_encoder
+from wan_core.sampling.conditioning import TEXT_LENGTH, clean_prompt, encode_prompt
+from wan_core.files.loading import load_text_encoder
 from wan_core.tiny import tiny_tokenizer_model
 
 from test_model_files import to_wan_t5

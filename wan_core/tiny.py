@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
 from .cache import wanflow_cache_dir
-from .loading import TOKENIZER_TENSOR, WAN_HEAD_DIM
-from .wan_names import rename, transformer_key_to_wan
+from .files.loading import TOKENIZER_TENSOR, WAN_HEAD_DIM
+from .files.wan_names import rename, transformer_key_to_wan
 
 SEED = 2101
 TEXT_DIM, IMAGE_DIM = 64, 64

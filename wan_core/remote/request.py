@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from ..errors import WanInputError, check_choice, check_range
-from ..lora_stack import LoraEntry, LoraStack
+from ..lora.stack import LoraEntry, LoraStack
 from ..video_io import DEFAULT_FPS, frames_to_uint8, write_video
 from .errors import RemoteInputError
 

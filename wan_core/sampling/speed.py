@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import WanInputError, check_choice
+from ..errors import WanInputError, check_choice
 
 if TYPE_CHECKING:  # diffusers takes seconds to import; the command line reads the choices below without it
     from diffusers import WanTransformer3DModel
 
-    from .loading import WanModels
+    from ..files.loading import WanModels
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from .errors import WanInputError, check_choice, check_range
+from ..errors import WanInputError, check_choice, check_range
 from .schedule import default_flow_shift
 
 FPS = 16

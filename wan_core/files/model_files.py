@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import WanInputError
-from .model_folders import COMFY_FOLDERS, files_in_folder, folder_layout
-from .tiny import tiny_model_paths
+from ..errors import WanInputError
+from .folders import COMFY_FOLDERS, files_in_folder, folder_layout
+from ..tiny import tiny_model_paths
 
 # ComfyUI's repackaged Wan 2.1 file names, by folder, as the official workflows use them.
 STANDARD_FILES = {

@@ -15,8 +15,8 @@ from collections.abc import Callable
 import torch
 
 from . import conditioning, speed
-from .errors import WanInputError
-from .loading import WanModels
+from ..errors import WanInputError
+from ..files.loading import WanModels
 from .params import SamplingParams
 from .samplers import SAMPLERS
 from .schedule import flow_sigmas, model_timestep, strength_start

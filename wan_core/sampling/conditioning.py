@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .loading import WanModels
-from .video_io import frames_to_uint8
+from ..files.loading import WanModels
+from ..video_io import frames_to_uint8
 
 TEXT_LENGTH = 512  # Wan pads every prompt to 512 tokens; the padding embeddings are zeros
 

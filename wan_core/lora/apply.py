@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .errors import WanInputError
-from .loading import WanModels
-from .lora_formats import EXAMPLES, ModuleDelta, ParsedLora, model_module_names, parse_lora
-from .lora_sources import resolve_lora_file
-from .lora_stack import LoraEntry, LoraStack
+from ..errors import WanInputError
+from ..files.loading import WanModels
+from .formats import EXAMPLES, ModuleDelta, ParsedLora, model_module_names, parse_lora
+from .sources import resolve_lora_file
+from .stack import LoraEntry, LoraStack
 
 log = logging.getLogger("wanflow")
 COMPUTE_DTYPE = torch.float32  # the sum is formed in float32 whatever the storage dtype (bf16, fp16, fp8), then cast

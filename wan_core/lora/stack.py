@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import WanInputError, check_range
+from ..errors import WanInputError, check_range
 
 MAX_LORAS_PER_NODE = 3
 MAX_LORAS = 3  # in a whole stack, as the hosted APIs take them

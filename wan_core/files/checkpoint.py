@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .errors import WanInputError
+from ..errors import WanInputError
 
 SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.safetensors$")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")

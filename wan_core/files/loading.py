@@ -20,10 +20,10 @@ from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionMode
 
 from .checkpoint import Checkpoint, SafetensorsFile, TensorPart, open_checkpoint, source_key
 from .clip_names import is_open_clip, open_clip_vision_names
-from .errors import WanInputError
+from ..errors import WanInputError
 from .t5_names import is_wan_t5, wan_t5_names
 from .precision import check_weight_storage, prepare_fp8_storage, to_storage
-from .speed import apply_model_speed, check_model_speed, check_offload, model_offload
+from ..sampling.speed import apply_model_speed, check_model_speed, check_offload, model_offload
 from .tokenizer import TOKENIZER_TENSOR, load_tokenizer
 
 COMFY_PREFIX = "model.diffusion_model."

@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .errors import WanInputError
-from .lora_stack import LoraEntry, LoraStack, extend_stack
-from .params import SAMPLER_NAMES, SamplingParams, frame_count, parse_size, source_frame_count
-from .precision import WEIGHT_STORAGES
-from .speed import ATTENTION_CHOICES, OFFLOADS, check_model_speed, check_offload
-from .video_io import DEFAULT_FPS, read_image, read_video, write_video
+from ..errors import WanInputError
+from ..lora.stack import LoraEntry, LoraStack, extend_stack
+from ..sampling.params import SAMPLER_NAMES, SamplingParams, frame_count, parse_size, source_frame_count
+from ..files.precision import WEIGHT_STORAGES
+from ..sampling.speed import ATTENTION_CHOICES, OFFLOADS, check_model_speed, check_offload
+from ..video_io import DEFAULT_FPS, read_image, read_video, write_video
 
 NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -103,11 +103,11 @@ def _output_path(text: str) -> Path:
 
 def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     # diffusers and transformers take seconds to import: only the subcommands that generate pay for them
-    from . import conditioning, pipeline
-    from .loading import load_models
-    from .lora import set_lora_stack
-    from .lora_sources import resolve_lora_file
-    from .model_files import resolve_model_files
+    from ..sampling import conditioning, pipeline
+    from ..files.loading import load_models
+    from ..lora.apply import set_lora_stack
+    from ..lora.sources import resolve_lora_file
+    from ..files.model_files import resolve_model_files
 
     out = _output_path(args.out)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
@@ -168,7 +168,7 @@ def run_v2v(args) -> int:
 
 
 def run_tiny_models(args) -> int:
-    from .tiny import TINY_LORA_FILES, write_tiny_lora, write_tiny_models
+    from ..tiny import TINY_LORA_FILES, write_tiny_lora, write_tiny_models
 
     paths = list(write_tiny_models(args.models_dir).values())
     paths += [write_tiny_lora(Path(args.models_dir) / name, model) for model, name in TINY_LORA_FILES.items()]

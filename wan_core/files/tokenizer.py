@@ -18,7 +18,7 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 from transformers import T5Tokenizer
 
-from .errors import WanInputError
+from ..errors import WanInputError
 
 TOKENIZER_TENSOR = "spiece_model"  # ComfyUI's text encoder files embed the sentencepiece model under this key
 TOKENIZER_FILES = ("spiece.model", "tokenizer.json")

@@ -27,7 +27,7 @@ import torch
 from diffusers.hooks import apply_layerwise_casting
 
 from .checkpoint import Checkpoint
-from .errors import check_choice
+from ..errors import check_choice
 
 SCALED_FP8_MARKER = "scaled_fp8"
 SCALE_SUFFIXES = (".scale_weight", ".scale_input")

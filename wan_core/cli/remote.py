@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..lora_stack import LoraEntry
+from ..lora.stack import LoraEntry
 from ..video_io import read_image, read_video
-from . import PROVIDERS, RemoteError, RemoteInputError, RemoteProgress, RemoteRequest, WaitSettings, run_remote
+from ..remote import PROVIDERS, RemoteError, RemoteInputError, RemoteProgress, RemoteRequest, WaitSettings, run_remote
 
 REPEAT_PROGRESS_SECONDS = 10.0
 

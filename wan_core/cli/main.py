@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import WanInputError
+from ..errors import WanInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m wan_core", description="Wan 2.1 video generation")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    from .download import add_parser as add_download_parser
-    from .generate_cli import add_parsers as add_generate_parsers
-    from .remote.cli import add_parser as add_remote_parser
+    from ..files.download import add_parser as add_download_parser
+    from .generate import add_parsers as add_generate_parsers
+    from .remote import add_parser as add_remote_parser
 
     add_generate_parsers(subparsers)
     add_remote_parser(subparsers)

@@ -17,9 +17,9 @@ from huggingface_hub import hf_hub_download, list_repo_files, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 from safetensors import SafetensorError, safe_open
 
-from .cache import wanflow_cache_dir
-from .errors import WanInputError
-from .lora_stack import LoraEntry
+from ..cache import wanflow_cache_dir
+from ..errors import WanInputError
+from .stack import LoraEntry
 
 LORA_SUFFIX = ".safetensors"
 DOWNLOAD_CHUNK = 1 << 16  # a cut-off connection loses the chunk being read: keep it small so resuming loses little

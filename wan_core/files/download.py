@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import WanInputError, check_choice
+from ..errors import WanInputError, check_choice
 
 REPO_ID = "Comfy-Org/Wan_2.1_ComfyUI_repackaged"
 REVISION = "main"

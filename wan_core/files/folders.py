@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import WanInputError
+from ..errors import WanInputError
 
 COMFY_FOLDERS = {"diffusion_model": "diffusion_models", "vae": "vae", "text_encoder": "text_encoders",
                  "clip_vision": "clip_vision"}

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import WanInputError
-from .wan_names import transformer_key_to_wan
+from ..errors import WanInputError
+from ..files.wan_names import transformer_key_to_wan
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "pipe.dit.", "base_model.model.", "transformer.",
             "lora_unet__", "lora_unet_", "lycoris_")
