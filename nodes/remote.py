@@ -6,6 +6,8 @@ API keys never pass through the graph: they come from WAVESPEED_API_KEY and the 
 
 from __future__ import annotations
 
+import logging
+
 import comfy.model_management
 import comfy.utils
 from comfy_api.v0_0_2 import io
@@ -74,7 +76,7 @@ class RemoteWanAPI(io.ComfyNode):
                 WanLorasType.Input("loras", optional=True,
                                    tooltip="Up to 3 LoRAs as hub repo ids or URLs (WaveSpeedAI, Novita, HighwayAPI)."),
                 io.Float.Input("timeout_minutes", default=30.0, min=1.0, max=240.0, optional=True,
-                               tooltip="Give up waiting after this long; the job id is in the error to look it up."),
+                               tooltip="Give up after this long, submit to the last downloaded byte; the error names the job id and how to fetch its video later."),
             ],
             outputs=[
                 io.Image.Output(display_name="frames"),
@@ -94,6 +96,8 @@ class RemoteWanAPI(io.ComfyNode):
         try:
             result = run_remote(provider, _request(**inputs), settings=WaitSettings(total_timeout=timeout_minutes * 60),
                                 on_progress=on_progress, should_stop=comfy.model_management.processing_interrupted)
-        except RemoteCancelled:
+        except RemoteCancelled as error:
+            # ComfyUI shows an interrupt without a message: the log keeps the job id and how to fetch its video
+            logging.warning("Remote Wan 2.1 API: %s", error)
             raise comfy.model_management.InterruptProcessingException() from None
         return io.NodeOutput(result.frames, result.fps, result.info)

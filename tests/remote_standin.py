@@ -30,6 +30,7 @@ FAKE_KEY = "sk-wanflow-FAKE-7f3a9c1e-do-not-leak"
 WRONG_KEY = "sk-wanflow-WRONG-0b5d2e88-do-not-leak"  # a key the stand-ins refuse, and echo back
 PROVIDER_NAMES = ("wavespeed", "novita", "gmi", "highway")
 RESULT_FRAMES, RESULT_HEIGHT, RESULT_WIDTH, RESULT_FPS = 9, 48, 64, 16
+KEEP = object()  # StandIn.poll_status: answer with the job's real status
 
 WAVESPEED_VARIANTS = {
     f"{task}-{variant}"
@@ -78,6 +79,8 @@ class Fault:
     message: str = "stand-in fault"
     retry_after: str | None = None
     in_envelope: bool = False
+    body: bytes | None = None  # sent as it is, with content_type, instead of the provider's error JSON
+    content_type: str = "text/html"
 
 
 @dataclass
@@ -104,6 +107,11 @@ class StandIn:
         self.url_ttl = 30.0  # seconds a result URL stays valid
         self.reported_seed = 424242
         self.gmi_media_urls = False  # answer with outcome.media_urls[0].url instead of outcome.video_url
+        self.poll_status = KEEP  # a status word that replaces the real one in every poll answer; None leaves it out
+        self.download_cuts: list[int] = []  # each download in turn sends this many body bytes, then hangs up
+        self.trickle_delay = 0.0  # seconds between the single bytes of a download body, as a host that trickles
+        self.bytes_served = 0  # download body bytes written to the wire
+        self.download_ranges: list[str | None] = []  # the Range header of each download
         self.requests: list[Recorded] = []
         self.jobs: dict[str, dict] = {}
         self.uploads: list[tuple[str, str, bytes]] = []
@@ -145,7 +153,7 @@ class StandIn:
             if faults:
                 return self._error(faults.pop(0))
             if action == "download":
-                return self._download(job_id)
+                return self._download(job_id, headers.get("Range"))
             if not request.authorized:
                 # Some real APIs echo what they got; the engine must mask it.
                 given = headers.get("Authorization", "").removeprefix("Bearer ")
@@ -189,11 +197,33 @@ class StandIn:
             self._links[job["token"]] = time.monotonic() + self.url_ttl
         return self._json(self._job_answer(job_id, job, finished))
 
-    def _download(self, token: str):
+    def _download(self, token: str, byte_range: str | None):
+        self.download_ranges.append(byte_range)
         if time.monotonic() > self._links.get(token, 0):
             xml = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
             return 403, {"Content-Type": "application/xml"}, xml
-        return 200, {"Content-Type": self.video_content_type}, self.video_bytes
+        start = int(re.fullmatch(r"bytes=(\d+)-", byte_range).group(1)) if byte_range else 0
+        if not start:
+            return 200, {"Content-Type": self.video_content_type}, self.video_bytes
+        size = len(self.video_bytes)
+        return 206, {"Content-Type": self.video_content_type, "Content-Range": f"bytes {start}-{size - 1}/{size}"}, \
+            self.video_bytes[start:]
+
+    def send_body(self, wfile, content: bytes) -> bool:
+        """Write a download body as scripted (whole, cut off or trickled); False when the connection must close."""
+        with self._lock:
+            cut = self.download_cuts.pop(0) if self.download_cuts else None
+        body = content if cut is None else content[:cut]
+        pieces = [body[i:i + 1] for i in range(len(body))] if self.trickle_delay else [body]
+        try:
+            for piece in pieces:
+                wfile.write(piece)
+                wfile.flush()
+                self.bytes_served += len(piece)
+                time.sleep(self.trickle_delay)
+        except OSError:  # the client gave up
+            return False
+        return cut is None
 
     # -------------------------------------------------------------------------------- provider dialects
 
@@ -228,6 +258,16 @@ class StandIn:
     def _job_answer(self, job_id: str, job: dict, finished: bool) -> dict:
         queued, running, done, failed = STATUS_WORDS[self.provider]
         status = (failed if self.outcome == "failed" else done) if finished else (queued if job["polls"] == 1 else running)
+        answer = self._job_answer_with(job_id, job, finished, status)
+        if self.poll_status is not KEEP:
+            holder = answer["data"] if self.provider == "wavespeed" else answer["task"] if "task" in answer else answer
+            holder["status"] = self.poll_status
+            if self.poll_status is None:
+                del holder["status"]
+        return answer
+
+    def _job_answer_with(self, job_id: str, job: dict, finished: bool, status: str) -> dict:
+        queued, running, done, failed = STATUS_WORDS[self.provider]
         video_url = f"{self.base_url}/results/{job['token']}.mp4" if job["token"] else None
         reason = self.fail_reason if status == failed else ""
         if self.provider == "wavespeed":
@@ -263,6 +303,8 @@ class StandIn:
         return {"code": 200, "message": "success", "data": data}
 
     def _error(self, fault: Fault):
+        if fault.body is not None:
+            return fault.status, {"Content-Type": fault.content_type}, fault.body
         if self.provider == "wavespeed":
             body = {"code": fault.status, "message": fault.message, "data": None}
         elif self.provider == "gmi":
@@ -320,7 +362,10 @@ def _handler_for(standin: StandIn):
             for name, value in {**headers, "Content-Length": str(len(content))}.items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(content)
+            if _route(standin.provider, self.command, urlsplit(self.path).path)[0] == "download" and status < 300:
+                self.close_connection = not standin.send_body(self.wfile, content)
+            else:
+                self.wfile.write(content)
 
         def log_message(self, *args):  # keep test output quiet
             pass

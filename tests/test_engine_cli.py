@@ -1,8 +1,10 @@
 """`python -m wan_core i2v|v2v` end to end with the tiny model, and bad input refused before any model is built."""
 
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import av
@@ -79,6 +81,10 @@ def test_alpha_grayscale_and_palette_images_are_converted(tiny_cache, tmp_path, 
     assert read_video(out)[0].shape == (9, 64, 80, 3)
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def bad_inputs(tmp_path):
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("hello")
@@ -89,7 +95,24 @@ def bad_inputs(tmp_path):
         container.start_encoding()  # a valid header, then no frames at all
     common = ["--model", "tiny", "--prompt", "x", "--out", str(tmp_path / "o.mp4")]
     image = ["i2v", "--image", str(IMAGE), *common]
+    (tmp_path / "folder.mp4").mkdir()
+    source = write_video(tmp_path / "source.mp4", torch.rand(9, 64, 64, 3))
+    (tmp_path / "link.mp4").symlink_to(source)
+    source_video = ["v2v", "--video", str(source), *common]
+    bomb = tmp_path / "bomb.png"  # 65 bytes whose header claims 30000x30000 pixels
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+                     + _png_chunk(b"IDAT", zlib.compress(b"")) + _png_chunk(b"IEND", b""))
+    huge_video = tmp_path / "huge.y4m"  # a YUV4MPEG2 header claiming 16000x16000 frames, and 64 bytes of one
+    huge_video.write_bytes(b"YUV4MPEG2 W16000 H16000 F16:1 Ip A1:1 C420jpeg\nFRAME\n" + bytes(64))
     return [
+        (image + ["--out", str(tmp_path / "folder.mp4")], "--out='" + str(tmp_path / "folder.mp4") + "' is a folder"),
+        (image + ["--out", str(not_an_image / "o.mp4")], "is a file, not a folder"),
+        (source_video + ["--out", str(source)], "is the same file as --video="),
+        (source_video + ["--out", str(tmp_path / "link.mp4")], "is the same file as --video="),
+        (["i2v", "--image", str(bomb), *common], f"--image={str(bomb)!r} is too large to read"),
+        (["v2v", "--video", str(huge_video), *common], "claims 16000x16000 pixels per picture: allowed at most"),
+        (image + ["--size", "\u2078\u00b32*480"], "--size='\u2078\u00b32*480' is not W*H"),
+        (image + ["--lora", "a/b"] * 4, "--lora given 4 times: allowed at most 3"),
         (image + ["--size", "100*64"], "width=100 is not a multiple of 16"),
         (image + ["--size", "2000*64"], "width=2000 is out of range"),
         (image + ["--steps", "0"], "steps=0 is out of range: allowed 1 to 100"),
@@ -117,12 +140,15 @@ def bad_inputs(tmp_path):
 def test_bad_input_is_refused_before_any_model_is_built(tmp_path, monkeypatch, capsys):
     cache = tmp_path / "untouched-cache"
     monkeypatch.setenv("WANFLOW_CACHE", str(cache))  # building the tiny model would create it
-    for argv, message in bad_inputs(tmp_path):
+    cases = bad_inputs(tmp_path)
+    files_before = {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    for argv, message in cases:
         assert main(argv) == 2, argv
         error = capsys.readouterr().err
         assert error.startswith("error: "), error
         assert message in error, (message, error)
     assert not cache.exists() and not (tmp_path / "o.mp4").exists()
+    assert {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == files_before
 
 
 def test_attention_and_compile_options(tiny_cache, tmp_path):

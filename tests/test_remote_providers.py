@@ -28,6 +28,7 @@ from wan_core.errors import WanInputError
 from wan_core.lora.stack import LoraEntry
 from wan_core.remote import (
     PROVIDERS,
+    fetch_remote,
     AuthError,
     DownloadError,
     NotAVideoError,
@@ -293,12 +294,30 @@ def test_rate_limit_that_outlasts_the_retries_is_a_rate_limit_error(serve):
     assert len(standin.calls("poll")) == FAST.max_retries + 1
 
 
-def test_submit_is_not_repeated_after_a_server_error(serve):
-    standin = serve("wavespeed")
-    standin.faults["submit"] = [Fault(502, message="bad gateway")]
-    error = raised(ProviderError, "wavespeed", i2v_request("wavespeed"))
+@pytest.mark.parametrize("provider, status", [("wavespeed", 502), ("wavespeed", 503), ("novita", 503), ("highway", 503)])
+def test_submit_is_not_repeated_after_a_server_error(serve, provider, status):
+    """WaveSpeedAI's SDK never resubmits; Novita and HighwayAPI do not document what a 503 left behind."""
+    standin = serve(provider)
+    standin.faults["submit"] = [Fault(status, message="bad gateway")]
+    error = raised(ProviderError, provider, i2v_request(provider))
     assert len(standin.calls("submit")) == 1
-    assert "HTTP 502" in str(error) and "not sent again" in str(error)
+    assert f"HTTP {status}" in str(error) and "the job may exist anyway, so it was not sent again" in str(error)
+
+
+def test_gmi_submit_refused_with_503_is_sent_again(serve):
+    """GMI documents 503 as an answer to retry: the request was refused, so no job exists."""
+    standin = serve("gmi")
+    standin.faults["submit"] = [Fault(503, message="overloaded")]
+    run_remote("gmi", i2v_request("gmi"), settings=FAST)
+    assert len(standin.calls("submit")) == 2 and len(standin.jobs) == 1
+
+
+def test_gmi_submit_refused_until_the_retries_run_out_says_no_job_exists(serve):
+    standin = serve("gmi")
+    standin.faults["submit"] = [Fault(503, message="overloaded")] * (FAST.max_retries + 1)
+    error = raised(ProviderError, "gmi", i2v_request("gmi"))
+    assert len(standin.calls("submit")) == FAST.max_retries + 1 and not standin.jobs
+    assert "HTTP 503" in str(error) and "no job exists and running again is safe" in str(error)
 
 
 def test_submit_refused_with_429_is_sent_again(serve):
@@ -394,6 +413,116 @@ def test_expired_result_url(serve):
     standin.url_ttl = -1
     error = raised(DownloadError, "gmi", i2v_request("gmi"))
     assert "HTTP 403" in str(error) and "expired" in str(error) and next(iter(standin.jobs)) in str(error)
+
+
+# ---------------------------------------------------------------------------------------------------- faults after submit
+
+
+def fetch_command(provider: str, job_id: str) -> str:
+    return f"python -m wan_core remote --provider {provider} fetch {job_id} --out OUT.mp4"
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+@pytest.mark.parametrize("status, shown", [(None, "status=None"), ("PAUSED_FOR_NO_REASON", "status='PAUSED_FOR_NO_REASON'")])
+def test_poll_without_a_known_status_stops_at_once_naming_the_job(serve, provider, status, shown):
+    standin = serve(provider)
+    standin.poll_status = status
+    error = raised(ProviderError, provider, i2v_request(provider))
+    (job_id,) = standin.jobs
+    assert len(standin.calls("poll")) == 1  # not waited out to the time limit
+    assert f"answered a poll with {shown}" in str(error) and "expected one of" in str(error)
+    assert fetch_command(provider, job_id) in str(error)
+
+
+@pytest.mark.parametrize(
+    "provider, fault, words",
+    [
+        ("gmi", Fault(200, body=b"<html>maintenance</html>", content_type="text/html"), "with text/html, not a JSON"),
+        ("novita", Fault(200, body=b'{"videos": []}', content_type="application/json"), "without 'task'"),
+        ("wavespeed", Fault(200, body=b'{"code": 200, "data": "done"}', content_type="application/json"),
+         "without 'data' (data='done', not a dict)"),
+    ],
+)
+def test_malformed_poll_answer_stops_at_once_naming_the_job(serve, provider, fault, words):
+    standin = serve(provider)
+    standin.faults["poll"] = [fault]
+    error = raised(ProviderError, provider, i2v_request(provider))
+    (job_id,) = standin.jobs
+    assert len(standin.calls("poll")) == 1
+    assert words in str(error) and fetch_command(provider, job_id) in str(error)
+
+
+def test_time_limit_holds_while_a_host_trickles_the_video(serve, tmp_path):
+    standin = serve("wavespeed")
+    standin.polls_to_finish, standin.trickle_delay = 1, 0.05
+    out = tmp_path / "result.mp4"
+    error = raised(RemoteTimeoutError, "wavespeed", i2v_request("wavespeed"), out_path=out,
+                   settings=WaitSettings(total_timeout=5, poll_interval=0.01))
+    (job_id,) = standin.jobs
+    assert "time limit of 5 s reached while downloading the video" in str(error)
+    assert fetch_command("wavespeed", job_id) in str(error)
+    assert standin.bytes_served < len(standin.video_bytes) / 2  # stopped long before the body's end
+    assert not list(tmp_path.iterdir())
+
+
+def test_cut_off_download_resumes_where_it_stopped(serve, tmp_path):
+    standin = serve("novita")
+    standin.download_cuts = [700, 500]
+    out = tmp_path / "result.mp4"
+    result = run_remote("novita", i2v_request("novita"), settings=FAST, out_path=out)
+    assert out.read_bytes() == standin.video_bytes and result.frames.shape[0] == RESULT_FRAMES
+    assert standin.download_ranges == [None, "bytes=700-", "bytes=1200-"]
+    assert standin.bytes_served == len(standin.video_bytes)
+    assert len(standin.calls("submit")) == 1 and list(tmp_path.iterdir()) == [out]
+
+
+def test_download_cut_off_more_often_than_the_retries_names_the_job(serve, tmp_path):
+    standin = serve("gmi")
+    standin.download_cuts = [100] * (FAST.max_retries + 1)
+    out = tmp_path / "result.mp4"
+    error = raised(DownloadError, "gmi", i2v_request("gmi"), out_path=out)
+    (job_id,) = standin.jobs
+    assert f"broke off {FAST.max_retries + 1} times" in str(error) and fetch_command("gmi", job_id) in str(error)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_timed_out_job_is_fetched_later_by_its_id(serve, tmp_path):
+    standin = serve("wavespeed")
+    standin.outcome = "never"
+    error = raised(RemoteTimeoutError, "wavespeed", i2v_request("wavespeed", seed=5),
+                   settings=WaitSettings(total_timeout=0.3, poll_interval=0.05))
+    (job_id,) = standin.jobs
+    assert fetch_command("wavespeed", job_id) in str(error)
+
+    standin.outcome = "success"
+    out = tmp_path / "later.mp4"
+    result = fetch_remote("wavespeed", job_id, settings=FAST, out_path=out)
+    assert result.job_id == job_id and out.read_bytes() == standin.video_bytes
+    assert len(standin.calls("submit")) == 1  # fetching never submits
+
+
+def test_fetch_of_an_unknown_job_says_so(serve):
+    serve("novita")
+    with pytest.raises(ProviderError, match="HTTP 404"):
+        fetch_remote("novita", "no-such-job", settings=FAST)
+
+
+def test_stop_during_the_download_names_the_job(serve, tmp_path):
+    standin = serve("highway")
+    standin.trickle_delay = 0.05
+    stop = threading.Event()
+
+    def stop_once_bytes_arrive():
+        while not standin.bytes_served:
+            time.sleep(0.005)
+        stop.set()
+
+    threading.Thread(target=stop_once_bytes_arrive, daemon=True).start()
+    error = raised(RemoteCancelled, "highway", i2v_request("highway"), should_stop=stop.is_set,
+                   out_path=tmp_path / "result.mp4")
+    (job_id,) = standin.jobs
+    assert "stopped on request" in str(error) and fetch_command("highway", job_id) in str(error)
+    assert standin.bytes_served < len(standin.video_bytes) / 2 and not list(tmp_path.iterdir())
 
 
 # ---------------------------------------------------------------------------------------------------- validation

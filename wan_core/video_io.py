@@ -5,8 +5,12 @@ Frames everywhere are float32 tensors [T, H, W, 3] in 0..1: ComfyUI's IMAGE layo
 
 from __future__ import annotations
 
+import os
+import secrets
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator, Mapping
 
 import av
 import numpy as np
@@ -16,6 +20,9 @@ from PIL import Image, UnidentifiedImageError
 from .errors import WanInputError
 
 DEFAULT_FPS = 16
+# PIL's own decompression-bomb limit, applied to video frames too: a header claiming more pixels than this is refused
+# before anything is decoded, as it would take tens of gigabytes as float frames.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
 
 def _existing_file(name: str, path) -> Path:
@@ -38,10 +45,20 @@ def read_image(path, name: str = "image") -> torch.Tensor:
     path = _existing_file(name, path)
     try:
         with Image.open(path) as image:
+            _check_pixels(name, path, *image.size)
             image.load()
             return pil_to_frame(image)[None]
+    except Image.DecompressionBombError as error:  # PIL refuses twice its limit itself, on opening
+        raise WanInputError(f"{name}={str(path)!r} is too large to read: {error}") from None
     except (UnidentifiedImageError, OSError) as error:
         raise WanInputError(f"{name}={str(path)!r} is not a readable image: {error}") from None
+
+
+def _check_pixels(name: str, path: Path, width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise WanInputError(
+            f"{name}={str(path)!r} claims {width}x{height} pixels per picture: allowed at most {MAX_PIXELS} pixels"
+        )
 
 
 def read_video(path, name: str = "video") -> tuple[torch.Tensor, float]:
@@ -52,6 +69,7 @@ def read_video(path, name: str = "video") -> tuple[torch.Tensor, float]:
             if not container.streams.video:
                 raise WanInputError(f"{name}={str(path)!r} has no frames: it holds no video stream")
             stream = container.streams.video[0]
+            _check_pixels(name, path, stream.codec_context.width, stream.codec_context.height)
             fps = float(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     except av.error.FFmpegError as error:
@@ -68,13 +86,11 @@ def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 def write_video(path, frames: torch.Tensor, fps: float = DEFAULT_FPS, crf: int = 18) -> Path:
     """[T, H, W, 3] float in 0..1 -> H.264 mp4 (yuv420p, playable everywhere). Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     pixels = frames_to_uint8(frames)
     _, height, width, _ = pixels.shape
     if height % 2 or width % 2:
         raise WanInputError(f"video size {width}x{height}: H.264 needs even width and height")
-    with av.open(str(path), mode="w") as container:
+    with written_in_place(path) as partial, av.open(str(partial), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         # x264's macroblock-tree pass reads uninitialised padding at widths that are not a multiple of 64, so the
@@ -85,4 +101,47 @@ def write_video(path, frames: torch.Tensor, fps: float = DEFAULT_FPS, crf: int =
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return Path(path)
+
+
+def check_output_path(path, name: str, inputs: Mapping[str, object] | None = None) -> Path:
+    """Path, once sure it can be written (by a rename from a file beside it) and is none of the run's inputs
+    (input name -> path; None for an input not given). Checked before any heavy work, so that a bad path never costs
+    a finished run, and never overwrites what the run reads."""
+    path = Path(path)
+    if path.is_dir():
+        raise WanInputError(f"{name}={str(path)!r} is a folder: give a file path, e.g. {str(path / 'out.mp4')!r}")
+    folder = _nearest_existing(path.parent)
+    if not folder.is_dir():
+        raise WanInputError(f"{name}={str(path)!r} cannot be created: {str(folder)!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise WanInputError(f"{name}={str(path)!r} cannot be written: no permission to write in {str(folder)!r}")
+    for input_name, source in (inputs or {}).items():
+        # samefile also sees the same file through a symlink, a hard link or another spelling of the path
+        if source is not None and path.exists() and Path(source).exists() and os.path.samefile(path, source):
+            raise WanInputError(
+                f"{name}={str(path)!r} is the same file as {input_name}={str(source)!r}: writing the output would "
+                "destroy that input; choose another output path"
+            )
     return path
+
+
+def _nearest_existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+@contextmanager
+def written_in_place(path) -> Iterator[Path]:
+    """A temporary file beside path for the block to write: renamed onto path when the block succeeds, removed when
+    it fails, so path never holds a partial file and an existing one is only ever replaced by a whole one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the suffix stays last, so writers that pick the format by name (PyAV) still pick it
+    temporary = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.partial{path.suffix}")
+    try:
+        yield temporary
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -12,13 +11,12 @@ import torch
 from tqdm import tqdm
 
 from ..errors import WanInputError
-from ..lora.stack import LoraEntry, LoraStack, extend_stack
+from ..lora.stack import stack_from_options
 from ..sampling.params import SAMPLER_NAMES, SamplingParams, frame_count, parse_size, source_frame_count
 from ..files.precision import WEIGHT_STORAGES
 from ..sampling.speed import ATTENTION_CHOICES, OFFLOADS, check_model_speed, check_offload
-from ..video_io import DEFAULT_FPS, read_image, read_video, write_video
+from ..video_io import DEFAULT_FPS, check_output_path, read_image, read_video, write_video
 
-NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -86,7 +84,7 @@ def add_parsers(subparsers):
 
 
 def _params(args, num_frames: int, **extra) -> SamplingParams:
-    width, height = parse_size(args.size)
+    width, height = parse_size(args.size, "--size")
     return SamplingParams(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height, num_frames=num_frames,
         steps=args.steps, guidance_scale=args.guidance_scale, flow_shift=args.flow_shift, seed=args.seed,
@@ -94,14 +92,16 @@ def _params(args, num_frames: int, **extra) -> SamplingParams:
     )
 
 
-def _output_path(text: str) -> Path:
-    path = Path(text)
-    if path.suffix.lower() != ".mp4":
-        raise WanInputError(f"out={text!r} must end in .mp4")
-    return path
+def _output_path(args) -> Path:
+    """--out, checked before any model loads: an mp4 that can be written and is not the run's own input."""
+    if Path(args.out).suffix.lower() != ".mp4":
+        raise WanInputError(f"--out={args.out!r} must end in .mp4")
+    inputs = {"--image": getattr(args, "image", None), "--video": getattr(args, "video", None)}
+    return check_output_path(args.out, "--out", inputs)
 
 
 def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
+    out = _output_path(args)
     # diffusers and transformers take seconds to import: only the subcommands that generate pay for them
     from ..sampling import conditioning, pipeline
     from ..files.loading import load_models
@@ -109,11 +109,10 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     from ..lora.sources import resolve_lora_file
     from ..files.model_files import resolve_model_files
 
-    out = _output_path(args.out)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     check_model_speed(args.attention, args.compile, args.device, dtype)
     check_offload(args.offload, args.device)
-    loras = lora_stack_option(args.lora)
+    loras = stack_from_options(args.lora)
     loras_dir = Path(args.model) / "loras" if args.model and args.model != "tiny" else None
     for entry in loras:  # a missing file or an unreachable URL fails here, before the models load
         resolve_lora_file(entry, loras_dir)
@@ -141,24 +140,13 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     return 0
 
 
-def lora_stack_option(values: list[str]) -> LoraStack:
-    """--lora SOURCE[:SCALE] values -> a stack (at most 3); the scale is the text after the last ':' when it is a
-    number, so URLs and Windows drives keep their own ':'."""
-    entries = []
-    for value in values:
-        source, _, scale = value.rpartition(":")
-        entries.append(LoraEntry.from_text(source, float(scale)) if source and NUMBER.fullmatch(scale)
-                       else LoraEntry.from_text(value))
-    return extend_stack(None, entries)
-
-
 def run_i2v(args) -> int:
     params = _params(args, frame_count(args.duration, args.frames))
-    return _run(args, "i2v", read_image(args.image), params)
+    return _run(args, "i2v", read_image(args.image, name="--image"), params)
 
 
 def run_v2v(args) -> int:
-    video, _fps = read_video(args.video)
+    video, _fps = read_video(args.video, name="--video")
     wanted = frame_count(args.duration, args.frames) if args.duration or args.frames else None
     num_frames = wanted or source_frame_count(video.shape[0])
     if num_frames > video.shape[0]:

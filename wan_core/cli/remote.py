@@ -1,13 +1,24 @@
-"""`python -m wan_core remote --provider NAME {i2v,v2v} ...`: run one job on a hosted API and save its mp4."""
+"""`python -m wan_core remote --provider NAME {i2v,v2v,fetch} ...`: run one job on a hosted API and save its mp4, or
+fetch the mp4 of a job submitted before by its id."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ..lora.stack import LoraEntry
-from ..video_io import read_image, read_video
-from ..remote import PROVIDERS, RemoteError, RemoteInputError, RemoteProgress, RemoteRequest, WaitSettings, run_remote
+from ..lora.stack import stack_from_options
+from ..remote import (
+    PROVIDERS,
+    RemoteCancelled,
+    RemoteError,
+    RemoteInputError,
+    RemoteProgress,
+    RemoteRequest,
+    WaitSettings,
+    fetch_remote,
+    run_remote,
+)
+from ..video_io import check_output_path, read_image, read_video
 
 REPEAT_PROGRESS_SECONDS = 10.0
 
@@ -21,27 +32,42 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--provider", required=True, choices=list(PROVIDERS))
     tasks = parser.add_subparsers(dest="task", required=True)
+    output = _output_options()
     shared = _shared_options()
 
-    i2v = tasks.add_parser("i2v", parents=[shared], help="image to video")
+    i2v = tasks.add_parser("i2v", parents=[shared, output], help="image to video")
     image = i2v.add_mutually_exclusive_group(required=True)
     image.add_argument("--image", help="image file (uploaded where the provider allows it)")
     image.add_argument("--image-url", help="http(s) URL of the image")
 
-    v2v = tasks.add_parser("v2v", parents=[shared], help="video to video")
+    v2v = tasks.add_parser("v2v", parents=[shared, output], help="video to video")
     video = v2v.add_mutually_exclusive_group(required=True)
     video.add_argument("--video", help="video file (re-encoded to mp4 and uploaded)")
     video.add_argument("--video-url", help="http(s) URL of the video")
     v2v.add_argument("--strength", type=float, help="how far to move from the source video, 0.1 to 1 (0.9)")
 
+    fetch = tasks.add_parser("fetch", parents=[output], help="wait for a job submitted before and save its mp4",
+                             description="The mp4 of a job submitted before (an interrupted or timed-out run prints "
+                                         "its id), waited for and downloaded as a run does it.")
+    fetch.add_argument("job_id", metavar="JOB_ID")
+
     parser.set_defaults(run=run)
+
+
+def _output_options() -> argparse.ArgumentParser:
+    """Where the mp4 goes and how long to wait for it: the same for a new job and for fetching one."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--out", required=True, help="mp4 to write, exactly as the provider sent it")
+    options.add_argument("--timeout", type=float, default=WaitSettings.total_timeout,
+                         help="total seconds for the job, submit to the last downloaded byte (1800)")
+    options.add_argument("--poll-interval", type=float, default=WaitSettings.poll_interval, help="seconds between polls (3)")
+    return options
 
 
 def _shared_options() -> argparse.ArgumentParser:
     """Options of both tasks; left unset they keep RemoteRequest's defaults, which every provider accepts."""
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--prompt", required=True)
-    options.add_argument("--out", required=True, help="mp4 to write, exactly as the provider sent it")
     options.add_argument("--negative-prompt")
     options.add_argument("--size", help="W*H: 832*480, 480*832, 1280*720 or 720*1280")
     options.add_argument("--duration", type=int, help="seconds (5)")
@@ -54,21 +80,24 @@ def _shared_options() -> argparse.ArgumentParser:
     options.add_argument("--fast", action="store_true", default=None, help="the provider's fast mode")
     options.add_argument("--no-safety-checker", dest="safety_checker", action="store_false", default=None)
     options.add_argument("--prompt-extend", action="store_true", default=None, help="let the provider rewrite the prompt")
-    options.add_argument("--timeout", type=float, default=WaitSettings.total_timeout, help="total seconds to wait (1800)")
-    options.add_argument("--poll-interval", type=float, default=WaitSettings.poll_interval, help="seconds between polls (3)")
     return options
 
 
 def run(args) -> int:
-    request = _request_from(args)
+    inputs = {"--image": getattr(args, "image", None), "--video": getattr(args, "video", None)}
+    check_output_path(args.out, "--out", inputs)
     settings = WaitSettings(total_timeout=args.timeout, poll_interval=args.poll_interval)
+    options = {"out_path": args.out, "settings": settings, "on_progress": ProgressPrinter()}
     try:
-        result = run_remote(args.provider, request, out_path=args.out, settings=settings, on_progress=ProgressPrinter())
+        if args.task == "fetch":
+            result = fetch_remote(args.provider, args.job_id, **options)
+        else:
+            result = run_remote(args.provider, _request_from(args), **options)
     except RemoteInputError:
         raise  # wan_core.cli reports input errors with exit code 2
     except RemoteError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 130 if isinstance(error, RemoteCancelled) else 1
     print(result.info)
     print(f"saved: {result.video_path}")
     return 0
@@ -85,7 +114,7 @@ def _request_from(args) -> RemoteRequest:
         "guidance_scale": args.guidance_scale,
         "flow_shift": args.flow_shift,
         "seed": args.seed,
-        "loras": tuple(parse_lora(text) for text in args.lora),
+        "loras": stack_from_options(args.lora),
         "fast": args.fast,
         "safety_checker": args.safety_checker,
         "prompt_extend": args.prompt_extend,
@@ -103,22 +132,6 @@ def _media_from(args) -> dict:
         return {"video_url": args.video_url}
     frames, fps = read_video(args.video, name="--video")
     return {"video": frames, "video_fps": fps}
-
-
-def parse_lora(text: str) -> LoraEntry:
-    """'owner/name:0.8' -> scale 0.8; a colon not followed by a number (as in https://) belongs to the source."""
-    source, _, scale = text.rpartition(":")
-    if source and _is_number(scale):
-        return LoraEntry(source, float(scale))
-    return LoraEntry(text)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 class ProgressPrinter:

@@ -11,6 +11,7 @@ from ..errors import WanInputError, check_range
 MAX_LORAS_PER_NODE = 3
 MAX_LORAS = 3  # in a whole stack, as the hosted APIs take them
 SCALE_RANGE = (0.0, 4.0)
+SCALE_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)", re.ASCII)
 HUB_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 
@@ -57,13 +58,26 @@ class LoraEntry:
 LoraStack = tuple[LoraEntry, ...]
 
 
-def extend_stack(stack: LoraStack | None, entries: list[LoraEntry]) -> LoraStack:
-    """A new stack: the incoming one followed by at most MAX_LORAS_PER_NODE new entries, MAX_LORAS in all."""
+def extend_stack(stack: LoraStack | None, entries: list[LoraEntry],
+                 given: str = "{} LoRAs given to one stack node") -> LoraStack:
+    """A new stack: the incoming one followed by at most MAX_LORAS_PER_NODE new entries, MAX_LORAS in all. given
+    words the count of new entries as the user gave them (a node's slots, a repeated option)."""
     if len(entries) > MAX_LORAS_PER_NODE:
-        raise WanInputError(f"{len(entries)} LoRAs given to one stack node: allowed at most {MAX_LORAS_PER_NODE}")
+        raise WanInputError(f"{given.format(len(entries))}: allowed at most {MAX_LORAS_PER_NODE}")
     combined = tuple(stack or ()) + tuple(entries)
     if len(combined) > MAX_LORAS:
         names = ", ".join(entry.source for entry in combined)
         raise WanInputError(f"a LoRA stack of {len(combined)} ({names}): allowed at most {MAX_LORAS}, "
                             "as the hosted Wan APIs take")
     return combined
+
+
+def stack_from_options(values: list[str], option: str = "--lora") -> LoraStack:
+    """Command-line SOURCE[:SCALE] values -> a stack; the scale is the text after the last ':' when it is a number,
+    so URLs and Windows drives keep their own ':'."""
+    entries = []
+    for value in values:
+        source, _, scale = value.rpartition(":")
+        entries.append(LoraEntry.from_text(source, float(scale)) if source and SCALE_NUMBER.fullmatch(scale)
+                       else LoraEntry.from_text(value))
+    return extend_stack(None, entries, given=f"{option} given {{}} times")

@@ -44,7 +44,7 @@ class GmiProvider(Provider):
     def poll(self, client: ApiClient, job_id: str) -> JobStatus:
         answer = client.get_json(f"{REQUESTS_PATH}/{job_id}")
         outcome = answer.get("outcome") or {}
-        status = str(answer.get("status", ""))
+        status = answer.get("status")
         return JobStatus(
             state=self.state_of(status),
             status=status,
@@ -61,4 +61,5 @@ def _first_media_url(outcome: dict) -> str | None:
     return media[0].get("url")
 
 
-GMI = GmiProvider("gmi", "GMI Cloud", "https://console.gmicloud.ai")
+# GMI documents 429 and 503 as answers to retry: the request was refused, so no job exists.
+GMI = GmiProvider("gmi", "GMI Cloud", "https://console.gmicloud.ai", refused_submit_statuses={429, 503})

@@ -6,9 +6,10 @@ import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import BinaryIO, Callable
 
 import requests
+import urllib3
 
 from .errors import (
     AuthError,
@@ -18,17 +19,18 @@ from .errors import (
     RateLimitError,
     RemoteCancelled,
     RemoteError,
+    RemoteTimeoutError,
 )
+from .identity import ProviderIdentity
 from .keys import keys_file
-
-if TYPE_CHECKING:
-    from .provider import Provider
 
 # Which error a status means when the provider's reason does not say more.
 STATUS_ERRORS = {401: AuthError, 403: AuthError, 402: OutOfCreditError, 429: RateLimitError}
-# Statuses worth asking again; a submit is only repeated on 429, which refuses before creating a job.
+# Statuses worth asking again; a submit is repeated only on those its provider documents as refused before a job
+# exists (ProviderIdentity.refused_submit_statuses).
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 SUBMIT_MAY_EXIST = "; the job may exist anyway, so it was not sent again (that could bill twice)"
+DOWNLOAD_CHUNK = 1 << 16
 
 
 # ---------------------------------------------------------------------------------------------------- waiting
@@ -50,12 +52,14 @@ SLEEP_SLICE = 0.1  # seconds between should_stop() checks, so stopping takes wel
 
 
 class Waiter:
-    """Keeps the overall deadline and sleeps in short slices so a stop request or Ctrl-C is seen promptly."""
+    """Keeps the one deadline of a job, submit to last downloaded byte, and sleeps in short slices so a stop request
+    or Ctrl-C is seen promptly."""
 
     def __init__(self, total_timeout: float, should_stop: Callable[[], bool] | None):
+        self.total_timeout = total_timeout
         self.started = time.monotonic()
         self.deadline = self.started + total_timeout
-        self.job_id: str | None = None  # known once submitted; named when the wait ends early
+        self.job_id: str | None = None  # known once submitted; the job's errors then say how to fetch it later
         self._should_stop = should_stop or (lambda: False)
 
     def elapsed(self) -> float:
@@ -66,8 +70,11 @@ class Waiter:
 
     def check_stop(self) -> None:
         if self._should_stop():
-            job = f"job {self.job_id} may still run (and be billed) on the provider" if self.job_id else "no job was created"
-            raise RemoteCancelled(f"stopped on request: {job}")
+            raise RemoteCancelled("stopped on request" + ("" if self.job_id else ": no job was created"))
+
+    def check_deadline(self, doing: str) -> None:
+        if self.remaining() <= 0:
+            raise RemoteTimeoutError(f"time limit of {self.total_timeout:g} s reached while {doing}")
 
     def sleep(self, seconds: float) -> None:
         """Sleep up to seconds, never past the deadline."""
@@ -99,7 +106,7 @@ def retry_after_seconds(response: requests.Response | None) -> float | None:
 class ApiClient:
     """One provider's HTTP API: bearer key, a timeout per request, retries with doubling backoff, readable errors."""
 
-    def __init__(self, provider: Provider, api_key: str, settings: WaitSettings, waiter: Waiter):
+    def __init__(self, provider: ProviderIdentity, api_key: str, settings: WaitSettings, waiter: Waiter):
         self.provider = provider
         self.base_url = provider.base_url()
         self.settings = settings
@@ -121,23 +128,55 @@ class ApiClient:
         return self._call("POST", path, idempotent=idempotent, json=payload, **kwargs)
 
     def download(self, url: str, path: Path) -> str:
-        """Save url to path as received; returns the Content-Type. The key is not sent: results sit on storage hosts."""
-        action = f"the video download from {url}"
-        response = self._send("GET", url, action, idempotent=True, authorized=False, stream=True)
+        """Save url to path as received; returns the Content-Type. A transfer cut off is resumed where it stopped
+        (HTTP Range) while retries and the deadline allow. The key is not sent: results sit on storage hosts."""
+        attempt = 0
+        with open(path, "wb") as file:
+            while (content_type := self._download_into(url, file)) is None:
+                if not self._wait_before_retry(attempt, None):
+                    raise DownloadError(
+                        f"the video download from {url} broke off {attempt + 1} times, the last after "
+                        f"{file.tell()} bytes"
+                    )
+                attempt += 1
+        return content_type
+
+    def _download_into(self, url: str, file: BinaryIO) -> str | None:
+        """Append what url sends from file's end on; its Content-Type once the body is whole, None if cut off."""
+        offset = file.tell()
+        # Range offsets count the file's own bytes, so the body must come as stored, not re-encoded.
+        headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
+        response = self._send("GET", url, f"the video download from {url}", idempotent=True, authorized=False,
+                              stream=True, headers=headers)
         with response:
             if response.status_code >= 400:
                 raise DownloadError(
                     f"could not download the video from {self.provider.label} (HTTP {response.status_code}): "
-                    f"its URL may have expired; job {self.waiter.job_id}, URL {url}"
+                    f"its URL may have expired; URL {url}"
                 )
+            if response.status_code != 206:  # the host ignored Range: the body starts over
+                file.seek(0)
+                file.truncate()
+            expected_end = file.tell() + int(response.headers.get("Content-Length") or -1)
             try:
-                with open(path, "wb") as file:
-                    for chunk in response.iter_content(chunk_size=1 << 16):
-                        self.waiter.check_stop()
-                        file.write(chunk)
-            except requests.RequestException as error:
-                raise DownloadError(f"{action} broke off ({type(error).__name__}: {error}); job {self.waiter.job_id}") from None
+                for chunk in self._arriving(response):
+                    file.write(chunk)
+            except (urllib3.exceptions.HTTPError, requests.RequestException, OSError):
+                return None
+            if file.tell() < expected_end:
+                return None
             return response.headers.get("Content-Type", "")
+
+    def _arriving(self, response: requests.Response):
+        """The body as it arrives, not in fixed-size pieces, so a host that trickles it cannot hold a read past the
+        deadline or a stop request."""
+        while True:
+            self.waiter.check_stop()
+            self.waiter.check_deadline("downloading the video")
+            chunk = response.raw.read1(DOWNLOAD_CHUNK, decode_content=True)
+            if not chunk:
+                return
+            yield chunk
 
     def error_for(self, status: int, body, action: str, idempotent: bool = True) -> RemoteError:
         """The error a failed answer means, worded so the user knows what to do next."""
@@ -146,10 +185,16 @@ class ApiClient:
         detail = body.get("message") or body.get("error") or body.get("detail") or ""
         error_class = self.provider.error_reasons.get(reason) or STATUS_ERRORS.get(status, ProviderError)
         context = f"HTTP {status}" + (f", {reason}" if reason else "") + (f": {detail}" if detail else "")
-        message = f"{self._advice(error_class, action)} ({context})"
-        if not idempotent and status >= 500:
-            message += SUBMIT_MAY_EXIST
-        return error_class(message)
+        return error_class(f"{self._advice(error_class, action)} ({context}){self._submit_outcome(status, idempotent)}")
+
+    def _submit_outcome(self, status: int, idempotent: bool) -> str:
+        """Whether a refused submit may still have created a job, as the provider documents its answers."""
+        if idempotent:
+            return ""
+        if status in self.provider.refused_submit_statuses:
+            return (f"; {self.provider.label} documents HTTP {status} as refused before a job is created, so no job "
+                    "exists and running again is safe")
+        return SUBMIT_MAY_EXIST if status >= 500 else ""
 
     def _advice(self, error_class: type[RemoteError], action: str) -> str:
         label = self.provider.label
@@ -175,17 +220,20 @@ class ApiClient:
             raise ProviderError(f"{self.provider.label} answered {action} with {content_type}, not a JSON object")
         return body
 
-    def _send(self, method: str, url: str, action: str, *, idempotent: bool, authorized: bool = True, **kwargs):
+    def _send(self, method: str, url: str, action: str, *, idempotent: bool, authorized: bool = True,
+              headers: dict | None = None, **kwargs):
         """The last response after retrying what is safe to retry; raises only if the host cannot be reached."""
-        headers = {"Authorization": f"Bearer {self._api_key}"} if authorized else {}
+        headers = {**(headers or {}), **({"Authorization": f"Bearer {self._api_key}"} if authorized else {})}
         attempt = 0
         while True:
             self.waiter.check_stop()
+            self.waiter.check_deadline(f"waiting for {action}")
+            # No single request may outlive the job's deadline.
+            timeout = min(self.settings.request_timeout, self.waiter.remaining())
             try:
-                response = self._session.request(
-                    method, url, headers=headers, timeout=self.settings.request_timeout, **kwargs
-                )
+                response = self._session.request(method, url, headers=headers, timeout=timeout, **kwargs)
             except requests.RequestException as error:
+                self.waiter.check_deadline(f"waiting for {action}" + ("" if idempotent else SUBMIT_MAY_EXIST))
                 # A submit that timed out may have reached the provider, so only idempotent calls are repeated.
                 if not (idempotent and self._wait_before_retry(attempt, None)):
                     raise ProviderError(
@@ -195,7 +243,9 @@ class ApiClient:
                     ) from None
             else:
                 status = response.status_code
-                retryable = status == 429 or (idempotent and status in RETRYABLE_STATUSES)
+                retryable = status in self.provider.refused_submit_statuses or (
+                    idempotent and status in RETRYABLE_STATUSES
+                )
                 if not (retryable and self._wait_before_retry(attempt, response)):
                     return response
                 response.close()

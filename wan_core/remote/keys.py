@@ -6,12 +6,9 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import RemoteError, RemoteInputError
-
-if TYPE_CHECKING:
-    from .provider import Provider
+from .identity import ProviderIdentity
 
 KEY_MASK = "***"
 
@@ -21,7 +18,7 @@ def keys_file() -> Path:
     return Path(os.environ.get("WANFLOW_KEYS_FILE") or Path.home() / ".config" / "wanflow" / "keys.json")
 
 
-def load_api_key(provider: Provider) -> str:
+def load_api_key(provider: ProviderIdentity) -> str:
     """The key from the provider's environment variable, else from the keys file."""
     key = os.environ.get(provider.key_env, "").strip()
     if key:

@@ -48,8 +48,8 @@ class NovitaStyleProvider(Provider):
 
     def poll(self, client: ApiClient, job_id: str) -> JobStatus:
         answer = client.get_json(RESULT_PATH, params={"task_id": job_id})
-        task = answer_field(answer, "task", self, f"GET {RESULT_PATH}")
-        status = str(task.get("status", ""))
+        task = answer_field(answer, "task", self, f"GET {RESULT_PATH}", dict)
+        status = task.get("status")
         videos = answer.get("videos") or [{}]
         return JobStatus(
             state=self.state_of(status),

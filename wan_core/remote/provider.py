@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
@@ -15,6 +14,7 @@ from ..errors import WanInputError, check_choice
 from ..video_io import read_video
 from .errors import NotAVideoError, ProviderError, RemoteInputError
 from .http import ApiClient
+from .identity import ProviderIdentity
 from .request import Param, RemoteRequest, check_media, check_parameters
 
 
@@ -48,26 +48,22 @@ def reported_seed(value) -> int | None:
     return seed if seed >= 0 else None
 
 
-class Provider(ABC):
+class Provider(ProviderIdentity, ABC):
     """One hosted API. Subclasses give the parameter tables and say how to submit and how to read a poll."""
 
     tasks: tuple[str, ...] = ("i2v",)
-    statuses: Mapping[str, JobState] = {}  # provider status word -> state; unknown words count as running
+    statuses: Mapping[str, JobState] = {}  # provider status word -> state
     url_only = False  # True when media can only be given as URLs (no upload, no inline data)
 
-    def __init__(self, name: str, label: str, default_base_url: str, error_reasons: Mapping[str, type] | None = None):
-        self.name = name  # the --provider value and the key's entry in the keys file
-        self.label = label
-        self.default_base_url = default_base_url
-        self.error_reasons = dict(error_reasons or {})  # provider reason -> error class, where the status is vaguer
-        self.key_env = f"{name.upper()}_API_KEY"
-        self.base_url_env = f"{name.upper()}_BASE_URL"
-
-    def base_url(self) -> str:
-        return (os.environ.get(self.base_url_env) or self.default_base_url).rstrip("/")
-
-    def state_of(self, status: str) -> JobState:
-        return self.statuses.get(status, JobState.RUNNING)
+    def state_of(self, status) -> JobState:
+        """The state a poll's status word means. A missing or unknown word means the API changed: waiting on would
+        only wait out the time limit on an answer already known to be malformed, so it stops here."""
+        if not isinstance(status, str) or status not in self.statuses:
+            raise ProviderError(
+                f"{self.label} answered a poll with status={status!r}: expected one of {', '.join(self.statuses)}; "
+                "its API may have changed"
+            )
+        return self.statuses[status]
 
     @abstractmethod
     def parameters(self, task: str) -> Mapping[str, Param]:
@@ -101,16 +97,18 @@ class Provider(ABC):
         except WanInputError:
             content = path.read_bytes()
             raise NotAVideoError(
-                f"{self.label} job {client.waiter.job_id} gave a download that is not a video "
+                f"{self.label} gave a download that is not a video "
                 f"({content_type or 'no content type'}, {len(content)} bytes starting {content[:24]!r}); "
                 f"URL {status.video_url}"
             ) from None
 
 
-def answer_field(answer: dict, key: str, provider: Provider, action: str):
-    """A field the provider must have sent; its absence means the API changed, which the user should hear."""
+def answer_field(answer: dict, key: str, provider: Provider, action: str, kind: type = object):
+    """A field the provider must have sent, of the given kind; its absence means the API changed, which the user
+    should hear."""
     value = answer.get(key) if isinstance(answer, dict) else None
-    if value in (None, ""):
+    if value in (None, "") or not isinstance(value, kind):
         keys = sorted(answer) if isinstance(answer, dict) else type(answer).__name__
-        raise ProviderError(f"{provider.label} answered {action} without {key!r} (got {keys}): its API may have changed")
+        got = f"got {keys}" if value in (None, "") else f"{key}={value!r}, not a {kind.__name__}"
+        raise ProviderError(f"{provider.label} answered {action} without {key!r} ({got}): its API may have changed")
     return value

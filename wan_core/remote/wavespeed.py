@@ -78,7 +78,7 @@ class WaveSpeedProvider(Provider):
     def poll(self, client: ApiClient, job_id: str) -> JobStatus:
         path = RESULT_PATH.format(job_id=job_id)
         data = self._data(client, client.get_json(path), f"GET {path}")
-        status = str(data.get("status", ""))
+        status = data.get("status")
         inference_ms = (data.get("timings") or {}).get("inference")
         return JobStatus(
             state=self.state_of(status),
@@ -95,7 +95,7 @@ class WaveSpeedProvider(Provider):
         code = answer.get("code")
         if code != 200:
             raise client.error_for(code if isinstance(code, int) else 502, answer, action)
-        return answer.get("data") or {}
+        return answer_field(answer, "data", self, action, dict)
 
     def _media_url(self, client: ApiClient, request: RemoteRequest) -> str:
         """The URL given, or the tensor uploaded: an image as PNG, frames as mp4."""

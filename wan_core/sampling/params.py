@@ -30,11 +30,12 @@ WAN_NEGATIVE_PROMPT = (
 )
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str, name: str = "size") -> tuple[int, int]:
     """'832*480' (or 832x480) -> (width, height)."""
-    parts = text.lower().replace("x", "*").split("*")
-    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
-        raise WanInputError(f"size={text!r} is not W*H: write it like 832*480")
+    parts = [part.strip() for part in text.lower().replace("x", "*").split("*")]
+    # isdigit() alone also takes superscripts and other scripts' digits, which int() then refuses
+    if len(parts) != 2 or not all(part.isascii() and part.isdigit() for part in parts):
+        raise WanInputError(f"{name}={text!r} is not W*H: write it like 832*480, with the digits 0-9")
     return int(parts[0]), int(parts[1])
 
 
