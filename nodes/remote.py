@@ -76,7 +76,8 @@ class RemoteWanAPI(io.ComfyNode):
                 WanLorasType.Input("loras", optional=True,
                                    tooltip="Up to 3 LoRAs as hub repo ids or URLs (WaveSpeedAI, Novita, HighwayAPI)."),
                 io.Float.Input("timeout_minutes", default=30.0, min=1.0, max=240.0, optional=True,
-                               tooltip="Give up after this long, submit to the last downloaded byte; the error names the job id and how to fetch its video later."),
+                               tooltip="Give up after this long, submit to the last downloaded byte; the error names the "
+                                       "job id and how to fetch its video later."),
             ],
             outputs=[
                 io.Image.Output(display_name="frames"),
