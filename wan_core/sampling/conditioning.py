@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..files.loading import WanModels
+from .models import WanModels
 from ..video_io import frames_to_uint8
 
 TEXT_LENGTH = 512  # Wan pads every prompt to 512 tokens; the padding embeddings are zeros
@@ -82,11 +82,10 @@ def encode_frames(models: WanModels, frames: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def decode_latents(models: WanModels, raw: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+def decode_latents(models: WanModels, raw: torch.Tensor) -> torch.Tensor:
     """Raw latents [1, 16, T_lat, h, w] -> frames [T, 8h, 8w, 3] in 0..1: the decoding stage, the VAE alone.
-    Tiled decoding trades time for memory."""
+    Tiled decoding, which trades time for memory, is a run setting: models.configured(vae_tiling=True)."""
     models.use("vae")
-    models.vae.use_tiling = tiled
     video = models.vae.decode(raw.to(models.device, models.vae.dtype)).sample
     return (video[0].float() / 2.0 + 0.5).clamp(0, 1).permute(1, 2, 3, 0).cpu()
 

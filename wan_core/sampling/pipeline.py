@@ -16,13 +16,13 @@ import torch
 
 from . import conditioning, speed
 from ..errors import WanInputError
-from ..files.loading import WanModels
+from .models import WanModels
 from .params import SamplingParams
-from .samplers import SAMPLERS
+from .samplers import SAMPLERS, SamplerStep
 from .schedule import flow_sigmas, model_timestep, strength_start
 
-# progress(step, total, x0_preview [1, 16, T_lat, h, w] normalised) after every step; may raise to stop the run
-Progress = Callable[[int, int, torch.Tensor], None] | None
+# progress(SamplerStep) after every step (its denoised: normalised latents [1, 16, T_lat, h, w]); may raise to stop
+Progress = Callable[[SamplerStep], None] | None
 
 
 @dataclass
@@ -72,15 +72,7 @@ def guided_velocity(models: WanModels, params: SamplingParams, prompts, image_to
 
 
 def _sample(models, params, velocity, x, sigmas, progress: Progress) -> torch.Tensor:
-    sigma_list = sigmas.tolist()
-    total = len(sigma_list) - 1
-
-    def on_step(step, _x, x0):
-        if progress is not None:
-            progress(step + 1, total, x0)
-
-    with speed.step_cache(models.transformer, params.step_cache):
-        return SAMPLERS[params.sampler](velocity, x.to(models.device), sigma_list, on_step)
+    return SAMPLERS[params.sampler](velocity, x.to(models.device), sigmas.tolist(), progress)
 
 
 def _image_conditioning(models: WanModels, frame: torch.Tensor, num_frames: int):
