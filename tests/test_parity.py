@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import WanVideoToVideoPipeline
-from helpers import FRAMES, HEIGHT, TOLERANCE, WIDTH, params, random_pictures, reference_i2v_pipeline, \
+from helpers import FRAMES, HEIGHT, STEPS, TOLERANCE, WIDTH, params, random_pictures, reference_i2v_pipeline, \
     reference_kwargs, reference_scheduler
 
 from wan_core.sampling import conditioning, pipeline
@@ -41,3 +41,20 @@ def test_video_to_video_matches_diffusers(tiny_t2v, sampler, strength):
 
     assert frames.shape == reference.shape == (FRAMES, HEIGHT, WIDTH, 3)
     assert np.abs(frames - reference).max() < TOLERANCE
+
+
+def test_wan_parity_spaces_sigmas_from_0_999_and_squashes_the_clip_input(tiny_i2v):
+    """parity="wan": Wan's reference spacing (from sigma_max 0.999 toward 0, then shifted) and the whole frame
+    squeezed into CLIP's square, so what diffusers' centre crop cuts away still counts."""
+    from wan_core.sampling.schedule import flow_sigmas, shift_sigma
+
+    unshifted = torch.linspace(0.999, 0.0, STEPS + 1, dtype=torch.float64)[:-1]
+    assert torch.allclose(flow_sigmas(STEPS, 3.0, "wan")[:-1], shift_sigma(unshifted, 3.0))
+    assert not torch.allclose(flow_sigmas(STEPS, 3.0, "wan"), flow_sigmas(STEPS, 3.0))
+
+    frame = pil_to_frame(random_pictures(1)[0])  # 80x64: the crop drops 8 columns each side
+    edited = frame.clone()
+    edited[:, :4] = 1.0 - edited[:, :4]  # only the leftmost columns change
+    for squash, changes in ((False, False), (True, True)):
+        tokens = [conditioning.encode_image_tokens(tiny_i2v, picture, squash) for picture in (frame, edited)]
+        assert torch.equal(tokens[0], tokens[1]) is not changes

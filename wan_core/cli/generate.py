@@ -13,8 +13,8 @@ from tqdm import tqdm
 
 from ..errors import WanInputError, check_range
 from ..lora.stack import LoraEntry, LoraStack, extend_stack
-from ..sampling.params import DTYPES, FLOW_SHIFT_AUTO, FLOW_SHIFT_HELP, SAMPLER_NAMES, STEP_CACHE_RANGE, SamplingParams, \
-    frame_count, parse_size, source_frame_count
+from ..sampling.params import DTYPES, FLOW_SHIFT_AUTO, FLOW_SHIFT_HELP, PARITY_CHOICES, SAMPLER_NAMES, \
+    STEP_CACHE_RANGE, SamplingParams, frame_count, parse_size, source_frame_count
 from ..files.precision import WEIGHT_STORAGES
 from ..sampling.speed import ATTENTION_CHOICES, OFFLOADS, check_model_speed, check_offload
 from ..video_io import DEFAULT_FPS, read_image, read_video, write_video
@@ -45,6 +45,9 @@ def _add_common(parser: argparse.ArgumentParser):
     parser.add_argument("--flow-shift", type=float, default=FLOW_SHIFT_AUTO, help=f"1-20; {FLOW_SHIFT_HELP}")
     parser.add_argument("--seed", type=int, default=-1, help="-1 draws one; the seed used is printed")
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="unipc")
+    parser.add_argument("--parity", choices=PARITY_CHOICES, default="diffusers",
+                        help="where diffusers 0.42's Wan pipelines and Wan's reference differ (sigma spacing, CLIP "
+                             "input cropped or squashed), follow diffusers (default, tested) or wan")
     parser.add_argument("--step-cache", type=float, default=0.0, metavar="T",
                         help="fast mode, 0-1 (default 0: off): where the first transformer block's output changed "
                              "by less than T (relative) since the last full pass, skip the other blocks and reuse "
@@ -90,7 +93,7 @@ def _params(args, num_frames: int, **extra) -> SamplingParams:
     return SamplingParams(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height, num_frames=num_frames,
         steps=args.steps, guidance_scale=args.guidance_scale, flow_shift=args.flow_shift, seed=args.seed,
-        sampler=args.sampler, **extra,
+        sampler=args.sampler, parity=args.parity, **extra,
     )
 
 

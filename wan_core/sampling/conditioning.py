@@ -47,13 +47,25 @@ def fit_frames(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def encode_image_tokens(models: WanModels, frame: torch.Tensor) -> torch.Tensor:
-    """[H, W, 3] -> [1, tokens, clip_width]: CLIP's penultimate hidden states, as Wan's image cross-attention expects."""
-    picture = Image.fromarray(frames_to_uint8(frame[None])[0])
-    pixels = models.image_processor(images=picture, return_tensors="pt").pixel_values
+def encode_image_tokens(models: WanModels, frame: torch.Tensor, squash: bool = False) -> torch.Tensor:
+    """[H, W, 3] -> [1, tokens, clip_width]: CLIP's penultimate hidden states, as Wan's image cross-attention expects.
+
+    The CLIP input is the frame resized to cover CLIP's square and centre-cropped (diffusers' Wan pipelines), or
+    with squash the whole frame squeezed into the square by bicubic interpolation (Wan's reference clip.py)."""
+    pixels = _squashed_pixels(models, frame) if squash else models.image_processor(
+        images=Image.fromarray(frames_to_uint8(frame[None])[0]), return_tensors="pt").pixel_values
     encoder = models.image_encoder
     states = encoder(pixel_values=pixels.to(models.device, encoder.dtype), output_hidden_states=True).hidden_states
     return states[-2].to(models.device, models.dtype)
+
+
+def _squashed_pixels(models: WanModels, frame: torch.Tensor) -> torch.Tensor:
+    """[H, W, 3] in 0..1 -> [1, 3, size, size] CLIP input, normalised with the processor's mean and std."""
+    processor, size = models.image_processor, models.image_encoder.config.image_size
+    square = F.interpolate(frame.permute(2, 0, 1)[None].float(), size=(size, size), mode="bicubic", align_corners=False)
+    mean = torch.tensor(processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
+    return (square - mean) / std
 
 
 def _latent_stats(models: WanModels, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,6 +26,9 @@ STEP_CACHE_RANGE = (0.0, 1.0)  # First Block Cache threshold (speed.py, WanModel
 DURATION_RANGE = (1, 10)
 FRAMES_RANGE = (1, 16 * DURATION_RANGE[1] + 1)
 SAMPLER_NAMES = ("unipc", "euler")
+# Whose preprocessing to follow where diffusers 0.42's Wan pipelines and Wan's reference differ: the sigma spacing
+# (schedule.SPACINGS) and the CLIP input (resized and centre-cropped, or squashed to its square; conditioning.py).
+PARITY_CHOICES = ("diffusers", "wan")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # compute dtype names
 # Wan 2.1's official default negative prompt (shared_config.sample_neg_prompt in the reference release).
 WAN_NEGATIVE_PROMPT = (
@@ -86,6 +89,7 @@ class SamplingParams:
     seed: int = -1
     sampler: str = "unipc"
     strength: float = 0.9
+    parity: str = "diffusers"  # PARITY_CHOICES; "wan" follows Wan's reference, as the hosted APIs may
 
     def __post_init__(self):
         if not isinstance(self.prompt, str):
@@ -105,6 +109,7 @@ class SamplingParams:
                                 f"resolution) or {FLOW_SHIFT_RANGE[0]} to {FLOW_SHIFT_RANGE[1]}")
         check_range("strength", self.strength, *STRENGTH_RANGE)
         check_choice("sampler", self.sampler, SAMPLER_NAMES)
+        check_choice("parity", self.parity, PARITY_CHOICES)
         if self.negative_prompt is None:
             self.negative_prompt = WAN_NEGATIVE_PROMPT
         self.seed = resolve_seed(self.seed)
