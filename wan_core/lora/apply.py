@@ -81,7 +81,7 @@ def stack_signature(entries: tuple[LoraEntry, ...], loras_dir: Path | None) -> t
     stack), each with its scale."""
     signature = []
     for entry in entries:
-        path = None if entry.is_url else local_lora_file(entry, loras_dir)
+        path = local_lora_file(entry, loras_dir)  # None for a URL or a hub repo
         if path is None:
             signature.append((entry.source, entry.weight_name, entry.scale))
         else:
