@@ -30,7 +30,7 @@ def measure(side: str, width: int, height: int, frames: int, steps: int) -> dict
     from reference import reference_pipeline
 
     from wan_core.sampling import conditioning, pipeline
-    from wan_core.files.loading import load_models
+    from wan_core.sampling.models import load_models
     from wan_core.sampling.params import SamplingParams
     from wan_core.tiny import tiny_model_paths
     from wan_core.video_io import pil_to_frame

@@ -137,7 +137,7 @@ def measure(side: str, layers: int, paths: list[str]) -> dict:
 
 
 def _wan_core(model, paths):
-    from wan_core.files.loading import WanModels
+    from wan_core.sampling.models import WanModels
     from wan_core.lora.apply import set_lora_stack
     from wan_core.lora.stack import LoraEntry
 

@@ -35,10 +35,10 @@ from reference import reference_pipeline
 
 from wan_core.sampling import pipeline
 from wan_core.errors import WanInputError
-from wan_core.files.loading import WAN_HEAD_DIM, load_models
-from wan_core.sampling.params import WAN_NEGATIVE_PROMPT, SamplingParams
+from wan_core.files.loading import WAN_HEAD_DIM
+from wan_core.sampling.models import load_models
+from wan_core.sampling.params import DTYPES, WAN_NEGATIVE_PROMPT, SamplingParams
 from wan_core.files.precision import FP8_STORAGE_DTYPE
-from wan_core.sampling.speed import apply_model_speed
 from wan_core.tiny import IMAGE_DIM, TEXT_DIM, tiny_model_paths
 from wan_core.video_io import pil_to_frame
 
@@ -82,21 +82,21 @@ def run_diffusers(models, picture, args, stamps: list) -> None:
               generator=torch.Generator().manual_seed(SEED), output_type="latent", callback_on_step_end=on_step)
 
 
-def run_wan_core(models, picture, args, stamps: list, step_cache: float = 0.0) -> None:
+def run_wan_core(models, picture, args, stamps: list, settings: dict) -> None:
     params = SamplingParams(prompt=PROMPT, width=args.width, height=args.height, num_frames=args.frames,
-                            steps=args.steps, flow_shift=SHIFT, seed=SEED, step_cache=step_cache)
-    pipeline.generate_i2v(models, pil_to_frame(picture)[None], params,
-                          lambda *_: stamps.append(synchronised_clock(args.device)))
+                            steps=args.steps, flow_shift=SHIFT, seed=SEED)
+    with models.configured(**settings):
+        pipeline.generate_i2v(models, pil_to_frame(picture)[None], params,
+                              lambda _step: stamps.append(synchronised_clock(args.device)))
 
 
-def configure(models, config: str) -> float:
-    """Put the shared transformer in this configuration's state; returns the step_cache threshold it asks for."""
-    transformer = models.transformer
-    attention = config if config in ("sdpa", "sage", "flash", "flash3", "xformers") else "auto"
-    apply_model_speed(transformer, attention, compile=config == "compile", device=models.device)
+def configure(models, config: str) -> dict:
+    """This configuration's WanModels.configured settings (fp8 storage is switched on the shared transformer)."""
     if config == "fp8":
-        transformer.enable_layerwise_casting(storage_dtype=FP8_STORAGE_DTYPE, compute_dtype=models.dtype)
-    return float(config.split("=")[1]) if config.startswith("cache=") else 0.0
+        models.transformer.enable_layerwise_casting(storage_dtype=FP8_STORAGE_DTYPE, compute_dtype=models.dtype)
+    return dict(attention=config if config in ("sdpa", "sage", "flash", "flash3", "xformers") else "auto",
+                compile=config == "compile",
+                step_cache=float(config.split("=")[1]) if config.startswith("cache=") else 0.0)
 
 
 def measure(models, picture, args, config: str) -> dict:
@@ -105,8 +105,8 @@ def measure(models, picture, args, config: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     started = synchronised_clock(args.device)
     if config == "diffusers":
-        configure(models, "auto")
-        run_diffusers(models, picture, args, stamps)
+        with models.configured(**configure(models, "auto")):  # the transformer as diffusers loads it
+            run_diffusers(models, picture, args, stamps)
     else:
         run_wan_core(models, picture, args, stamps, configure(models, config))
     steps = np.diff([started, *stamps])
@@ -122,11 +122,11 @@ def main():
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    parser.add_argument("--dtype", choices=DTYPES, default="bf16")
     parser.add_argument("--configs", nargs="+", default=["diffusers", "auto", "fp8", "cache=0.1", "compile"])
     args = parser.parse_args()
     args.width, args.height = map(int, args.size.split("*"))
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
 
     paths = tiny_model_paths()
     models = load_models(paths["i2v"], paths["vae"], paths["text_encoder"], paths["clip_vision"], dtype=dtype,

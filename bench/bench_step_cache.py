@@ -31,7 +31,8 @@ from PIL import Image
 from reference import reference_pipeline
 
 from wan_core.sampling import conditioning, pipeline
-from wan_core.files.loading import WAN_HEAD_DIM, load_models
+from wan_core.files.loading import WAN_HEAD_DIM
+from wan_core.sampling.models import load_models
 from wan_core.sampling.params import WAN_NEGATIVE_PROMPT, SamplingParams
 from wan_core.tiny import IMAGE_DIM, TEXT_DIM, tiny_model_paths
 from wan_core.video_io import pil_to_frame
@@ -64,8 +65,9 @@ class BlockPasses:
 
 def generate_wan_core(models, picture, args, threshold: float) -> np.ndarray:
     params = SamplingParams(prompt=PROMPT, width=args.width, height=args.height, num_frames=args.frames,
-                            steps=args.steps, flow_shift=SHIFT, seed=SEED, step_cache=threshold)
-    latents = pipeline.generate_i2v(models, pil_to_frame(picture)[None], params).latents
+                            steps=args.steps, flow_shift=SHIFT, seed=SEED)
+    with models.configured(step_cache=threshold):
+        latents = pipeline.generate_i2v(models, pil_to_frame(picture)[None], params).latents
     return conditioning.decode_latents(models, latents).numpy()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from comfy_api.v0_0_2 import io
 
 from ..wan_core.errors import WanInputError
 from ..wan_core.lora.stack import LoraStack
+from ..wan_core.sampling.params import DTYPES
 
 CATEGORY = "WanFlow"
 WanModelType = io.Custom("WAN_MODEL")
@@ -61,10 +63,10 @@ def step_progress(total_steps: int):
     bar = comfy.utils.ProgressBar(total_steps)
     previewer = latent_preview.get_previewer(compute_device(), comfy.latent_formats.Wan21())
 
-    def progress(step: int, total: int, x0: torch.Tensor | None):
-        # x0 [1, 16, T, h, w] is normalised like ComfyUI's Wan21 latent format, which its previewers expect
-        preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer and x0 is not None else None
-        bar.update_absolute(step, total, preview)
+    def progress(step):  # a wan_core SamplerStep
+        # step.denoised [1, 16, T, h, w] is normalised like ComfyUI's Wan21 latent format, which its previewers expect
+        preview = previewer.decode_latent_to_preview_image("JPEG", step.denoised) if previewer else None
+        bar.update_absolute(step.i + 1, step.total, preview)
 
     return progress
 
@@ -113,13 +115,13 @@ class LoadedWan:
         _release_when_unloaded(self)
 
 
-# Every set of weights still held, by a WAN_MODEL output in ComfyUI's node cache or by _kept below: another
+# Every set of weights still held, by a WAN_MODEL output in ComfyUI's node cache or by kept_weights below: another
 # LoadWanModel of the same files reuses it. Weak, so that what neither holds (after Free memory) is freed.
 _loaded: weakref.WeakValueDictionary[tuple, LoadedWan] = weakref.WeakValueDictionary()
 # ComfyUI's node cache drops a LoadWanModel's output before that node runs again with changed inputs (its LoRA
 # stack, attention kernel, compile), which would leave nothing to reuse. So the weights handed out last are also
 # kept here, until a LoadWanModel needs other files or ComfyUI's memory manager unloads them.
-_kept: list[LoadedWan] = []
+kept_weights: list[LoadedWan] = []
 
 
 def _release_when_unloaded(loaded: LoadedWan):
@@ -129,20 +131,20 @@ def _release_when_unloaded(loaded: LoadedWan):
     this = weakref.ref(loaded)  # a strong reference from its own patchers would keep the weights past their use
 
     def on_detach(_patcher, unpatch_all: bool):
-        if unpatch_all and this() in _kept and not this().stages.changing:
-            _kept.remove(this())
+        if unpatch_all and this() in kept_weights and not this().stages.changing:
+            kept_weights.remove(this())
 
     for patcher in loaded.stages.patchers.values():
         patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_DETACH, on_detach)
 
 
 def load_wan(files: tuple[Path, Path, Path, Path | None], dtype: torch.dtype, weight_storage: str) -> LoadedWan:
-    from ..wan_core.files.loading import load_models
+    from ..wan_core.sampling.models import load_models
 
     key = (*files, *(path.stat().st_mtime_ns for path in files if path), dtype, weight_storage)
     loaded = _loaded.get(key)
     if loaded is None:
-        _kept.clear()  # the kept weights go first, unless a graph still holds them: not two models at once
+        kept_weights.clear()  # the kept weights go first, unless a graph still holds them: not two models at once
         started = time.perf_counter()
         models = load_models(*files, dtype=dtype, device=comfy.model_management.unet_offload_device(),
                              weight_storage=weight_storage)
@@ -150,7 +152,7 @@ def load_wan(files: tuple[Path, Path, Path, Path | None], dtype: torch.dtype, we
         log.info("WanFlow: loaded %s in %.1f s", files[0].name, time.perf_counter() - started)
     else:
         log.info("WanFlow: reusing the loaded %s", files[0].name)
-    _kept[:] = [loaded]
+    kept_weights[:] = [loaded]
     return loaded
 
 
@@ -163,18 +165,15 @@ class WanModel:
     attention: str = "auto"
     compile: bool = False
 
-    def ready(self):
-        """The WanModels with this branch's LoRAs and speed settings applied; each stage then has ComfyUI load
-        the networks it runs."""
-        from ..wan_core.lora.apply import set_lora_stack
-        from ..wan_core.sampling.speed import apply_model_speed
-
+    @contextmanager
+    def configured(self, **run_settings):
+        """The loaded WanModels with this branch's LoRAs and speed settings, plus run_settings (step_cache,
+        vae_tiling), for the block (WanModels.configured); each stage then has ComfyUI load the networks it runs."""
         models = self.loaded.models
-        report = set_lora_stack(models, self.loras)
-        if self.loras:
-            log.info("WanFlow: %s", report.summary())
-        apply_model_speed(models.transformer, self.attention, self.compile, models.device)  # where it will run
-        return models
+        with models.configured(loras=self.loras, attention=self.attention, compile=self.compile, **run_settings):
+            if self.loras:
+                log.info("WanFlow: %s", models.lora_report.summary())
+            yield models
 
 
 def compute_device() -> torch.device:
@@ -183,7 +182,7 @@ def compute_device() -> torch.device:
 
 def compute_dtype(choice: str) -> torch.dtype:
     if choice != "auto":
-        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
+        return DTYPES[choice]
     device = compute_device()
     if comfy.model_management.should_use_bf16(device):
         return torch.bfloat16

@@ -7,11 +7,10 @@ from comfy_api.v0_0_2 import io
 from ..wan_core.errors import WanInputError, check_choice
 from ..wan_core.lora.stack import MAX_LORAS_PER_NODE, SCALE_RANGE, LoraEntry, extend_stack
 from ..wan_core.files.precision import WEIGHT_STORAGES
+from ..wan_core.sampling.params import DTYPES
 from ..wan_core.sampling.speed import ATTENTION_CHOICES, check_model_speed
 from .comfy_bridge import CATEGORY, NONE, WanLorasType, WanModel, WanModelType, compute_device, compute_dtype, \
     folder_choices, folder_file, load_wan, missing_from_folders
-
-DTYPES = ["auto", "bf16", "fp16", "fp32"]
 
 
 class LoadWanModel(io.ComfyNode):
@@ -33,7 +32,7 @@ class LoadWanModel(io.ComfyNode):
                 io.Combo.Input("clip_vision", options=folder_choices("clip_vision", optional=True),
                                tooltip="CLIP ViT-H from models/clip_vision; needed by image-to-video models, "
                                        "'none' for text-to-video ones."),
-                io.Combo.Input("dtype", options=DTYPES, default="auto",
+                io.Combo.Input("dtype", options=["auto", *DTYPES], default="auto",
                                tooltip="Compute precision; auto picks bf16 or fp16 on a GPU, fp32 on the CPU."),
                 io.Combo.Input("weight_storage", options=list(WEIGHT_STORAGES), default=WEIGHT_STORAGES[0],
                                tooltip="fp8 keeps the diffusion model's and text encoder's weights in float8 "
@@ -59,7 +58,7 @@ class LoadWanModel(io.ComfyNode):
         missing = missing_from_folders(("diffusion_models", diffusion_model), ("vae", vae),
                                        ("text_encoders", text_encoder), ("clip_vision", clip_vision))
         try:  # an attention kernel this machine cannot run is said before anything loads
-            check_model_speed(attention, compile, compute_device(), compute_dtype(check_choice("dtype", dtype, DTYPES)))
+            check_model_speed(attention, compile, compute_device(), compute_dtype(check_choice("dtype", dtype, ["auto", *DTYPES])))
         except WanInputError as error:
             return str(error) if missing is True else f"{missing}; {error}"
         return missing

@@ -12,7 +12,7 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.v0_0_2 import io
 
-from ..wan_core.sampling.params import SEED_RANGE, WAN_NEGATIVE_PROMPT
+from ..wan_core.sampling.params import FLOW_SHIFT_AUTO, FLOW_SHIFT_HELP, SEED_RANGE, WAN_NEGATIVE_PROMPT
 from ..wan_core.remote import PROVIDERS, RemoteCancelled, RemoteRequest, WaitSettings, run_remote
 from ..wan_core.remote.request import SIZE_RESOLUTIONS, TASK_MEDIA
 from ..wan_core.video_io import DEFAULT_FPS
@@ -27,7 +27,8 @@ def _request(task, prompt, negative_prompt, size, duration, steps, guidance, flo
     """Widget values in RemoteRequest's words: the 'provider default' choices become None (left to the provider)."""
     return RemoteRequest(
         task=task, prompt=prompt, negative_prompt=negative_prompt, size=None if size == PROVIDER_DEFAULT else size,
-        duration=duration, steps=steps, guidance_scale=guidance, flow_shift=flow_shift or None, seed=seed,
+        duration=duration, steps=steps, guidance_scale=guidance, seed=seed,
+        flow_shift=None if flow_shift == FLOW_SHIFT_AUTO else flow_shift,  # None: the provider's rule, the same one
         strength=strength, fast=fast, safety_checker=safety_checker, prompt_extend=prompt_extend,
         image=image, image_url=image_url, video=video, video_url=video_url, video_fps=video_fps, loras=loras or (),
     )
@@ -57,8 +58,9 @@ class RemoteWanAPI(io.ComfyNode):
                 io.Int.Input("steps", default=30, min=1, max=40, tooltip="Sampling steps (not on GMI)."),
                 io.Float.Input("guidance", default=5.0, min=0.0, max=20.0, step=0.1,
                                tooltip="Guidance scale (not on GMI; at most 10 on Novita and HighwayAPI)."),
-                io.Float.Input("flow_shift", default=0.0, min=0.0, max=10.0, step=0.1,
-                               tooltip="Schedule shift, 1 to 10; 0 leaves it to the provider (3 or 5)."),
+                io.Float.Input("flow_shift", default=FLOW_SHIFT_AUTO, min=FLOW_SHIFT_AUTO, max=10.0, step=0.1,
+                               tooltip=f"Schedule shift, 1 to 10 on the hosted APIs; {FLOW_SHIFT_HELP} (the "
+                                       "provider applies that rule)."),
                 io.Int.Input("seed", default=-1, min=SEED_RANGE[0], max=SEED_RANGE[1], control_after_generate=True,
                              tooltip="-1 lets the provider draw one; the seed used is in the info output."),
                 io.Float.Input("strength", default=0.9, min=0.1, max=1.0, step=0.05,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..wan_core.sampling.params import FLOW_SHIFT_RANGE, FRAMES_RANGE, GUIDANCE_RANGE, SAMPLER_NAMES, SEED_RANGE, SIZE_MULTIPLE, \
+from ..wan_core.sampling.params import FLOW_SHIFT_AUTO, FLOW_SHIFT_HELP, FLOW_SHIFT_RANGE, FRAMES_RANGE, GUIDANCE_RANGE, SAMPLER_NAMES, SEED_RANGE, SIZE_MULTIPLE, \
     SIZE_RANGE, STEP_CACHE_RANGE, STEPS_RANGE, STRENGTH_RANGE, WAN_NEGATIVE_PROMPT, SamplingParams, whole_clip_frames
 from .comfy_bridge import CATEGORY, WanModelType, step_progress
 
@@ -27,8 +27,9 @@ def _sampling_inputs(frames_tooltip: str) -> list[io.Input]:
         io.Float.Input("guidance", default=5.0, min=GUIDANCE_RANGE[0], max=GUIDANCE_RANGE[1], step=0.1,
                        tooltip="Classifier-free guidance: how closely to follow the prompt; 1 skips the negative "
                                "prompt and runs twice as fast."),
-        io.Float.Input("flow_shift", default=3.0, min=FLOW_SHIFT_RANGE[0], max=FLOW_SHIFT_RANGE[1], step=0.1,
-                       tooltip="Shift of the flow-matching schedule: 3 for 480p, 5 for 720p."),
+        io.Float.Input("flow_shift", default=FLOW_SHIFT_AUTO, min=FLOW_SHIFT_AUTO, max=FLOW_SHIFT_RANGE[1], step=0.1,
+                       tooltip=f"Shift of the flow-matching schedule, {FLOW_SHIFT_RANGE[0]:g} to "
+                               f"{FLOW_SHIFT_RANGE[1]:g}; {FLOW_SHIFT_HELP}."),
         io.Int.Input("seed", default=0, min=0, max=SEED_RANGE[1], control_after_generate=True,
                      tooltip="The same seed and inputs give the same video."),
         io.Combo.Input("sampler", options=list(SAMPLER_NAMES), default=SAMPLER_NAMES[0],
@@ -43,14 +44,15 @@ def _sampling_inputs(frames_tooltip: str) -> list[io.Input]:
 
 
 def _params(prompt, negative_prompt, width, height, frames, steps, guidance, flow_shift, seed, sampler,
-            step_cache=0.0, **extra) -> SamplingParams:
+            **extra) -> SamplingParams:
     return SamplingParams(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_frames=frames,
                           steps=steps, guidance_scale=guidance, flow_shift=flow_shift, seed=seed, sampler=sampler,
-                          step_cache=step_cache, **extra)
+                          **extra)
 
 
-def _sample(generate, model, media: torch.Tensor, params: SamplingParams) -> io.NodeOutput:
-    generation = generate(model.ready(), media, params, step_progress(params.steps))
+def _sample(generate, model, media: torch.Tensor, params: SamplingParams, step_cache: float) -> io.NodeOutput:
+    with model.configured(step_cache=step_cache) as models:
+        generation = generate(models, media, params, step_progress(params.steps))
     # ComfyUI's Wan 2.1 convention: raw VAE-space latents [B, 16, T, H/8, W/8], so core VAEDecode works on them
     return io.NodeOutput({"samples": generation.latents})
 
@@ -72,10 +74,10 @@ class WanI2VSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, image, **inputs) -> io.NodeOutput:
+    def execute(cls, model, image, step_cache=0.0, **inputs) -> io.NodeOutput:
         from ..wan_core.sampling.pipeline import generate_i2v
 
-        return _sample(generate_i2v, model, image, _params(**inputs))
+        return _sample(generate_i2v, model, image, _params(**inputs), step_cache)
 
 
 class WanV2VSampler(io.ComfyNode):
@@ -98,11 +100,11 @@ class WanV2VSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, video, strength, frames, **inputs) -> io.NodeOutput:
+    def execute(cls, model, video, strength, frames, step_cache=0.0, **inputs) -> io.NodeOutput:
         from ..wan_core.sampling.pipeline import generate_v2v
 
         frames = min(frames, whole_clip_frames(video.shape[0]))
-        return _sample(generate_v2v, model, video, _params(frames=frames, strength=strength, **inputs))
+        return _sample(generate_v2v, model, video, _params(frames=frames, strength=strength, **inputs), step_cache)
 
 
 class WanVAEDecode(io.ComfyNode):
@@ -127,5 +129,6 @@ class WanVAEDecode(io.ComfyNode):
         from ..wan_core.sampling.conditioning import decode_latents
 
         samples: torch.Tensor = latent["samples"]  # [B, 16, T, h, w]
-        models = model.loaded.models  # decoding loads the VAE alone, with no LoRA involved
-        return io.NodeOutput(torch.cat([decode_latents(models, video[None], tiled) for video in samples]))
+        # decoding runs the VAE alone: no LoRA or attention setting is named, so none changes
+        with model.loaded.models.configured(vae_tiling=tiled) as models:
+            return io.NodeOutput(torch.cat([decode_latents(models, video[None]) for video in samples]))

@@ -41,4 +41,4 @@ def held() -> list[str]:
 
 after_sampling = held()
 comfy.model_management.unload_all_models()
-print(json.dumps({"after_sampling": after_sampling, "after_unload": held(), "kept": len(comfy_bridge._kept)}))
+print(json.dumps({"after_sampling": after_sampling, "after_unload": held(), "kept": len(comfy_bridge.kept_weights)}))

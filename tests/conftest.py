@@ -25,14 +25,14 @@ def tiny_paths(tiny_cache):
 
 @pytest.fixture(scope="session")
 def tiny_i2v(tiny_paths):
-    from wan_core.files.loading import load_models
+    from wan_core.sampling.models import load_models
 
     return load_models(tiny_paths["i2v"], tiny_paths["vae"], tiny_paths["text_encoder"], tiny_paths["clip_vision"])
 
 
 @pytest.fixture(scope="session")
 def tiny_t2v(tiny_paths):
-    from wan_core.files.loading import load_models
+    from wan_core.sampling.models import load_models
 
     return load_models(tiny_paths["t2v"], tiny_paths["vae"], tiny_paths["text_encoder"])
 

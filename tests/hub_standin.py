@@ -4,7 +4,7 @@
 optional `Range: bytes=N-` (206 Partial Content). `cut_after[path] = n` makes the next GET of that path send
 the full Content-Length but only n bytes and then drop the connection, as a broken transfer does; paths in
 `unavailable` answer GETs with 503 (the network went away); with `unavailable_after_cut` a cut path joins
-them, so a test can end a run mid-file.
+them, so a test can end a run mid-file; with `down` every request is answered 503 (the hub is down).
 Every request is logged as (method, path, Range header). A context manager: the server stops on exit.
 """
 
@@ -25,6 +25,7 @@ class HubStandIn:
         self.cut_after: dict[str, int] = {}
         self.unavailable: set[str] = set()
         self.unavailable_after_cut = False
+        self.down = False
         self.log: list[tuple[str, str, str | None]] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -52,6 +53,11 @@ class HubStandIn:
                 match = RESOLVE.match(self.path.split("?")[0])
                 data = hub.files.get((match["repo"], match["path"])) if match else None
                 hub.log.append((self.command, match["path"] if match else self.path, self.headers.get("Range")))
+                if hub.down:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return match, None
                 if data is None:
                     self.send_response(404)
                     self.send_header("Content-Length", "0")

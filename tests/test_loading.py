@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from wan_core.errors import WanInputError
-from wan_core.files.loading import load_models, load_transformer, load_vae
+from wan_core.files.loading import load_transformer, load_vae
+from wan_core.sampling.models import load_models
 from wan_core.tiny import tiny_transformer
 
 

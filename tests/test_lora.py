@@ -9,7 +9,9 @@ import os
 import re
 import subprocess
 import sys
+import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,11 +20,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from wan_core.errors import WanInputError
-from wan_core.files.loading import WanModels
+from wan_core.sampling.models import WanModels
 from wan_core.lora.apply import set_lora_stack
-from wan_core.lora.sources import download_lora_url, url_cache_path
+from wan_core.lora.sources import download_lora_url, resolve_lora_file, url_cache_path
 from wan_core.lora.stack import LoraEntry, extend_stack
 from wan_core.tiny import write_tiny_lora
+
+from hub_standin import HubStandIn
 
 ROOT = Path(__file__).resolve().parents[1]
 RANK = 4
@@ -207,8 +211,16 @@ def musubi_state(comfy_state):
 # ---- files written outside the project -------------------------------------------------------------------------
 
 
-def test_a_peft_lora_saved_by_diffusers_applies_with_zero_unmatched_keys(i2v, tmp_path):
-    """peft injects the adapter into a copy of the tiny transformer; diffusers' WanPipeline saves it."""
+@pytest.mark.parametrize("settings", [
+    {},
+    {"use_rslora": True},  # scale alpha / sqrt(r)
+    {"alpha_pattern": {"to_q": 2, "ffn.net.2": 16}},  # per-module alpha
+    {"rank_pattern": {"to_k": 2, "linear_1": 6}, "alpha_pattern": {"to_k": 3}},  # per-module rank and alpha
+    {"use_rslora": True, "rank_pattern": {"ffn.net.0.proj": 8}, "alpha_pattern": {"time_proj": 5}},
+])
+def test_a_peft_lora_saved_by_diffusers_applies_with_zero_unmatched_keys(i2v, tmp_path, settings):
+    """peft injects the adapter into a copy of the tiny transformer; diffusers' WanPipeline saves it. The deltas
+    must be peft's own, whatever scaling the LoraConfig asks for."""
     from diffusers import WanPipeline
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
@@ -216,7 +228,7 @@ def test_a_peft_lora_saved_by_diffusers_applies_with_zero_unmatched_keys(i2v, tm
     trained = copy.deepcopy(i2v.transformer)
     config = LoraConfig(r=RANK, lora_alpha=8, init_lora_weights=False,
                         target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj",
-                                        "ffn.net.0.proj", "ffn.net.2", "linear_1", "time_proj"])
+                                        "ffn.net.0.proj", "ffn.net.2", "linear_1", "time_proj"], **settings)
     trained.add_adapter(config)
     WanPipeline.save_lora_weights(tmp_path, transformer_lora_layers=get_peft_model_state_dict(trained),
                                   transformer_lora_adapter_metadata=config.to_dict())
@@ -225,7 +237,7 @@ def test_a_peft_lora_saved_by_diffusers_applies_with_zero_unmatched_keys(i2v, tm
     assert report.loras[0].unmatched_keys == 0 and report.loras[0].applied_keys > 0
     expected = dict(base)
     for name, module in trained.named_modules():
-        if hasattr(module, "get_delta_weight"):  # peft's own delta: lora_alpha / r * B @ A
+        if hasattr(module, "get_delta_weight"):  # peft's own delta: scaling * B @ A, with its per-module scaling
             expected[f"{name}.weight"] = base[f"{name}.weight"] + 1.5 * module.get_delta_weight("default")
     assert report.patched_weights == sum(hasattr(m, "get_delta_weight") for m in trained.modules())
     assert_weights(i2v, expected)
@@ -406,6 +418,59 @@ def test_hub_repos_come_from_huggingface_hubs_cache_offline(tmp_path):
     assert "a.safetensors, b.safetensors" in results["owner/two:None"]
     assert results["owner/two:b.safetensors"] == str(two / "b.safetensors")
     assert results["owner/gone:None"].startswith("error: LoRA 'owner/gone': the hub cannot be reached (offline")
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """huggingface_hub's cache in a folder of this test's own."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_the_same_hub_lora_again_makes_no_request(t2v, tmp_path, hub_cache, monkeypatch):
+    lora = write_tiny_lora(tmp_path / "style.safetensors", "t2v").read_bytes()
+    with HubStandIn({("owner/style", "style.safetensors"): lora}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        stack = (LoraEntry.from_text("owner/style/style.safetensors", 0.8),)
+        with t2v.configured(loras=stack):
+            patched = weights(t2v)
+        asked = len(hub.log)
+        assert asked and t2v.lora_report.loras[0].applied_keys > 0
+        with t2v.configured(loras=stack):  # a second sampler run with the same stack
+            assert all(torch.equal(patched[name], value) for name, value in weights(t2v).items())
+        assert len(hub.log) == asked
+
+
+def test_a_missing_repo_with_the_hub_down_fails_at_once(tmp_path, hub_cache, monkeypatch):
+    """No retries: each source asks the hub once, and the error says it is unreachable and not cached."""
+    with HubStandIn({}) as hub:
+        hub.down = True
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        for text in ("owner/gone", "owner/gone/style.safetensors"):
+            hub.log.clear()
+            with pytest.raises(WanInputError, match="the hub cannot be reached .* not in the Hugging Face cache"):
+                resolve_lora_file(LoraEntry.from_text(text))
+            assert len(hub.log) == 1, hub.log
+
+
+def test_an_unreachable_hub_fails_within_seconds(tmp_path, hub_cache, monkeypatch):
+    with socket.socket() as probe:  # a port with nothing listening: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{probe.getsockname()[1]}")
+    started = time.monotonic()
+    for text in ("owner/gone", "owner/gone/style.safetensors"):
+        with pytest.raises(WanInputError, match="the hub cannot be reached"):
+            resolve_lora_file(LoraEntry.from_text(text))
+    assert time.monotonic() - started < 10  # huggingface_hub's retries would take about 25 s per source
+
+
+def test_a_missing_relative_path_is_no_such_file_not_a_hub_repo(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_loras").mkdir()
+    with pytest.raises(WanInputError, match=r"^LoRA 'my_loras/wan/style.safetensors': no such file"):
+        resolve_lora_file(LoraEntry.from_text("my_loras/wan/style.safetensors"))
 
 
 # ---- URL downloads ---------------------------------------------------------------------------------------------

@@ -25,37 +25,18 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from wan_core.errors import WanInputError
-from wan_core.files.loading import load_clip_vision, load_models, load_text_encoder, load_transformer, load_vae
+from wan_core.files.loading import load_clip_vision, load_text_encoder, load_transformer, load_vae
+from wan_core.sampling.models import load_models
 from wan_core.files.model_files import resolve_model_files
 from wan_core.sampling.params import SamplingParams
 from wan_core.sampling.pipeline import generate_i2v
 from wan_core.tiny import tiny_tokenizer_model
 
+from helpers import to_wan_t5
 from hub_standin import HubStandIn
 
 FP8 = torch.float8_e4m3fn
 FP8_OUTPUT_TOLERANCE = 0.10  # relative L2 error of the transformer output, fp8 file or fp8 storage vs fp32
-# Wan's own T5 module names (wan/modules/t5.py) for transformers' UMT5 names, written out independently here.
-WAN_T5_NAMES = {"layer.0.layer_norm": "norm1", "layer.0.SelfAttention.q": "attn.q", "layer.0.SelfAttention.k": "attn.k",
-                "layer.0.SelfAttention.v": "attn.v", "layer.0.SelfAttention.o": "attn.o",
-                "layer.0.SelfAttention.relative_attention_bias": "pos_embedding.embedding",
-                "layer.1.layer_norm": "norm2", "layer.1.DenseReluDense.wi_0": "ffn.gate.0",
-                "layer.1.DenseReluDense.wi_1": "ffn.fc1", "layer.1.DenseReluDense.wo": "ffn.fc2"}
-
-
-def to_wan_t5(state: dict) -> dict:
-    out = {}
-    for key, value in state.items():
-        if key in ("shared.weight", "encoder.embed_tokens.weight"):
-            out["token_embedding.weight"] = value
-        elif key == "encoder.final_layer_norm.weight":
-            out["norm.weight"] = value
-        else:
-            _, _, index, rest = key.split(".", 3)
-            out[f"blocks.{index}.{WAN_T5_NAMES[rest.removesuffix('.weight')]}.weight"] = value
-    return out
-
-
 WAN_CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 # The CLIP vision tower under transformers' CLIPVisionModel names -> Wan's own (wan/modules/clip.py) and open_clip's
 # (open_clip/transformer.py), written out independently here. "qkv" is the fused projection holding q, k, v in

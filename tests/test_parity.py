@@ -3,47 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanVideoToVideoPipeline
-from PIL import Image
+from diffusers import WanVideoToVideoPipeline
+from helpers import FRAMES, HEIGHT, STEPS, TOLERANCE, WIDTH, params, random_pictures, reference_i2v_pipeline, \
+    reference_kwargs, reference_scheduler
 
 from wan_core.sampling import conditioning, pipeline
-from wan_core.sampling.params import SamplingParams
 from wan_core.video_io import pil_to_frame
-
-WIDTH, HEIGHT, FRAMES, STEPS, SHIFT, SEED = 80, 64, 9, 5, 3.0, 7
-TOLERANCE = 1e-3
-
-
-def reference_scheduler(sampler: str) -> UniPCMultistepScheduler:
-    """diffusers' flow UniPC as the Wan pipelines ship it; for Euler, its first-order predictor without the
-    corrector, which is exactly the flow Euler step x + (sigma_next - sigma) * v on the same sigmas."""
-    first_order = dict(solver_order=1, disable_corrector=list(range(STEPS))) if sampler == "euler" else {}
-    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=SHIFT, **first_order)
-
-
-def reference_i2v_pipeline(models, sampler: str) -> WanImageToVideoPipeline:
-    """diffusers' I2V pipeline on the same modules as the wan_core bundle `models`."""
-    return WanImageToVideoPipeline(
-        tokenizer=models.tokenizer, text_encoder=models.text_encoder, vae=models.vae,
-        scheduler=reference_scheduler(sampler), image_processor=models.image_processor,
-        image_encoder=models.image_encoder, transformer=models.transformer)
-
-
-def random_pictures(count: int) -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)) for _ in range(count)]
-
-
-def params(sampler: str, **extra) -> SamplingParams:
-    return SamplingParams(prompt="a cat walks on the grass", negative_prompt="blurry, static", width=WIDTH,
-                          height=HEIGHT, num_frames=FRAMES, steps=STEPS, flow_shift=SHIFT, seed=SEED,
-                          sampler=sampler, **extra)
-
-
-def reference_kwargs(run: SamplingParams) -> dict:
-    return dict(prompt=run.prompt, negative_prompt=run.negative_prompt, height=HEIGHT, width=WIDTH,
-                num_inference_steps=STEPS, guidance_scale=run.guidance_scale,
-                generator=torch.Generator().manual_seed(SEED), output_type="np")
 
 
 @pytest.mark.parametrize("sampler", ["unipc", "euler"])
@@ -76,3 +41,20 @@ def test_video_to_video_matches_diffusers(tiny_t2v, sampler, strength):
 
     assert frames.shape == reference.shape == (FRAMES, HEIGHT, WIDTH, 3)
     assert np.abs(frames - reference).max() < TOLERANCE
+
+
+def test_wan_parity_spaces_sigmas_from_0_999_and_squashes_the_clip_input(tiny_i2v):
+    """parity="wan": Wan's reference spacing (from sigma_max 0.999 toward 0, then shifted) and the whole frame
+    squeezed into CLIP's square, so what diffusers' centre crop cuts away still counts."""
+    from wan_core.sampling.schedule import flow_sigmas, shift_sigma
+
+    unshifted = torch.linspace(0.999, 0.0, STEPS + 1, dtype=torch.float64)[:-1]
+    assert torch.allclose(flow_sigmas(STEPS, 3.0, "wan")[:-1], shift_sigma(unshifted, 3.0))
+    assert not torch.allclose(flow_sigmas(STEPS, 3.0, "wan"), flow_sigmas(STEPS, 3.0))
+
+    frame = pil_to_frame(random_pictures(1)[0])  # 80x64: the crop drops 8 columns each side
+    edited = frame.clone()
+    edited[:, :4] = 1.0 - edited[:, :4]  # only the leftmost columns change
+    for squash, changes in ((False, False), (True, True)):
+        tokens = [conditioning.encode_image_tokens(tiny_i2v, picture, squash) for picture in (frame, edited)]
+        assert torch.equal(tokens[0], tokens[1]) is not changes

@@ -65,8 +65,9 @@ def test_unipc_matches_diffusers_unipc_step_by_step(steps):
     assert torch.allclose(sample_unipc(linear_velocity, x, flow_sigmas(steps, shift).tolist()), expected, atol=1e-5)
 
 
-def test_callback_sees_every_step():
-    seen = []
-    sample_unipc(linear_velocity, torch.zeros(1, 1, 1, 1, 1), flow_sigmas(6, 3.0).tolist(),
-                 callback=lambda step, x, x0: seen.append(step))
-    assert seen == list(range(6))
+@pytest.mark.parametrize("sampler", [sample_euler, sample_unipc])
+def test_callback_sees_every_step_by_name(sampler):
+    seen, sigmas = [], flow_sigmas(6, 3.0).tolist()
+    sampler(linear_velocity, torch.zeros(1, 1, 1, 1, 1), sigmas, callback=seen.append)
+    assert [(step.i, step.total, step.sigma) for step in seen] == [(i, 6, sigmas[i]) for i in range(6)]
+    assert all(step.x.shape == step.denoised.shape == (1, 1, 1, 1, 1) for step in seen)

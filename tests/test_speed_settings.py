@@ -1,19 +1,16 @@
-"""Model speed settings (speed.apply_model_speed): the attention backend through diffusers' dispatcher, and compiled
-transformer blocks, on the tiny model against the same model in its default state."""
+"""Model speed settings (WanModels.configured(attention=, compile=)): the attention backend through diffusers'
+dispatcher, and compiled transformer blocks, on the tiny model against the same model in its default state."""
 
 import importlib.util
 
 import pytest
 import torch
-from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, attention_backend
-from test_parity import params, random_pictures
-from torch._dynamo.utils import counters
+from diffusers.models.attention_dispatch import attention_backend
+from helpers import i2v_latents, params
 
-from wan_core.sampling import pipeline
 from wan_core.errors import WanInputError
-from wan_core.files.loading import load_models
-from wan_core.sampling.speed import ATTENTION, apply_model_speed, check_model_speed
-from wan_core.video_io import pil_to_frame
+from wan_core.sampling.models import load_models
+from wan_core.sampling.speed import ATTENTION, check_model_speed
 
 COMPILE_TOLERANCE = 1e-4  # inductor fuses and reorders float32 arithmetic; eager vs compiled differ by ~1e-5 here
 FLEX_TOLERANCE = 1e-4  # another attention kernel, same maths: ~1e-5 apart after 5 steps on latents of magnitude ~10
@@ -28,29 +25,20 @@ def models(tiny_paths):
 
 @pytest.fixture
 def default_latents(models):
-    apply_model_speed(models.transformer)
-    return i2v(models)
+    return i2v(models, attention="auto", compile=False)
 
 
-def i2v(models) -> torch.Tensor:
-    return pipeline.generate_i2v(models, pil_to_frame(random_pictures(1)[0])[None], params("unipc")).latents
-
-
-def backends(models) -> set:
-    """The backend each attention processor hands diffusers' dispatcher (None: the dispatcher's default)."""
-    return {processor._attention_backend for processor in models.transformer.attn_processors.values()}
+def i2v(models, **settings) -> torch.Tensor:
+    return i2v_latents(models, params("unipc"), **settings)
 
 
 def test_sdpa_and_auto_give_the_default_video(models, default_latents):
-    process_default = _AttentionBackendRegistry.get_active_backend()[0]
-    assert backends(models) == {None}
-    apply_model_speed(models.transformer, "sdpa")
-    assert backends(models) == {AttentionBackendName.NATIVE}
-    assert _AttentionBackendRegistry.get_active_backend()[0] == process_default  # the choice stayed on this model
+    assert models.attention == "auto"
+    assert (i2v(models, attention="sdpa") - default_latents).abs().max() <= 1e-6
+    assert models.attention == "sdpa"  # it stays on the model for the next run
     assert (i2v(models) - default_latents).abs().max() <= 1e-6
-    apply_model_speed(models.transformer, "auto")
-    assert backends(models) == {None}
-    assert (i2v(models) - default_latents).abs().max() <= 1e-6
+    assert (i2v(models, attention="auto") - default_latents).abs().max() <= 1e-6
+    assert models.attention == "auto"
 
 
 def test_auto_follows_diffusers_default_and_sdpa_pins_sdpa(models, default_latents):
@@ -58,20 +46,21 @@ def test_auto_follows_diffusers_default_and_sdpa_pins_sdpa(models, default_laten
     does not: the dispatcher really takes the processors' backend."""
     with attention_backend("flex"):
         flex = i2v(models)
-        apply_model_speed(models.transformer, "sdpa")
-        pinned = i2v(models)
-    apply_model_speed(models.transformer, "auto")
+        pinned = i2v(models, attention="sdpa")
+    i2v(models, attention="auto")
     assert torch.equal(pinned, default_latents)
     assert 0 < (flex - default_latents).abs().max() < FLEX_TOLERANCE
 
 
 @pytest.mark.parametrize("attention", GPU_ONLY)
-def test_a_gpu_kernel_on_the_cpu_is_refused_before_loading(tiny_paths, tmp_path, attention):
+def test_a_gpu_kernel_on_the_cpu_is_refused_before_anything_changes(models, attention):
     message = rf"^attention='{attention}' needs a CUDA GPU, and this runs on cpu: choose 'auto' or 'sdpa'$"
     with pytest.raises(WanInputError, match=message):
         check_model_speed(attention, False, "cpu", torch.bfloat16)
-    with pytest.raises(WanInputError, match=message):  # said before any file is opened: these do not exist
-        load_models(tmp_path / "no_model", tmp_path / "no_vae", tmp_path / "no_t5", attention=attention)
+    with pytest.raises(WanInputError, match=message):
+        with models.configured(attention=attention):
+            pass
+    assert models.attention == "auto"  # refused before anything changed
 
 
 @pytest.mark.parametrize("attention", GPU_ONLY)
@@ -99,23 +88,21 @@ def test_unknown_settings_are_refused(attention, compile, message):
 
 
 def test_compiled_blocks_match_eager_and_compile_once(models, default_latents):
-    blocks = list(models.transformer.blocks)
-    torch._dynamo.reset()  # as in a fresh process: graphs compiled by earlier tests (the CLI's) are not reused
-    graphs = counters["stats"]["unique_graphs"]
-    apply_model_speed(models.transformer, "auto", compile=True)
+    torch.compiler.reset()  # as in a fresh process: graphs compiled by earlier tests (the CLI's) are not reused
+    traced = []  # a hook inside a block runs eagerly on every pass, but while compiling only once per trace
+    hook = models.transformer.blocks[0].attn1.register_forward_pre_hook(
+        lambda *_: traced.append(torch.compiler.is_compiling()))
     try:
-        compiled_calls = [block._compiled_call_impl for block in blocks]
-        assert all(compiled_calls)
-        first = i2v(models)
-        compiled_graphs = counters["stats"]["unique_graphs"]
-        assert compiled_graphs > graphs
+        first = i2v(models, compile=True)
+        compilations = sum(traced)
+        assert models.compiled and compilations > 0
         assert (first - default_latents).abs().max() < COMPILE_TOLERANCE
 
-        apply_model_speed(models.transformer, "auto", compile=True)  # as every ComfyUI run does
-        assert [block._compiled_call_impl for block in blocks] == compiled_calls  # not compiled again
-        assert torch.equal(i2v(models), first)
-        assert counters["stats"]["unique_graphs"] == compiled_graphs  # the second run did not recompile
+        traced.clear()
+        assert torch.equal(i2v(models, compile=True), first)  # as every ComfyUI run asks again
+        assert not any(traced)  # the second run did not compile again
     finally:
-        apply_model_speed(models.transformer, "auto", compile=False)
-    assert all(block._compiled_call_impl is None for block in blocks)
+        i2v(models, compile=False)
+        hook.remove()
+    assert not models.compiled
     assert torch.equal(i2v(models), default_latents)  # back to eager blocks

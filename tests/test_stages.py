@@ -5,10 +5,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_parity import FRAMES, params, random_pictures
+from helpers import FRAMES, params, random_pictures
 
 from wan_core.sampling import conditioning, pipeline
-from wan_core.sampling.speed import model_offload
+from wan_core.sampling.models import model_offload
 from wan_core.video_io import pil_to_frame
 
 TEXT, SOURCE, IMAGE = ("text_encoder",), ("vae",), ("image_encoder", "vae")  # v2v's source frames: the VAE

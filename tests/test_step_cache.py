@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 from diffusers.hooks import FirstBlockCacheConfig
-from test_parity import FRAMES, STEPS, TOLERANCE, params, random_pictures, reference_i2v_pipeline, reference_kwargs
+from helpers import FRAMES, STEPS, TOLERANCE, diffusers_hooks, i2v_latents, params, random_pictures, \
+    reference_i2v_pipeline, reference_kwargs
 
 from wan_core.sampling import conditioning, pipeline
 from wan_core.errors import WanInputError
-from wan_core.files.loading import load_models
-from wan_core.lora.apply import set_lora_stack
+from wan_core.sampling.models import load_models
 from wan_core.lora.stack import LoraEntry
 from wan_core.sampling.schedule import strength_start
 from wan_core.tiny import write_tiny_lora
@@ -35,16 +35,6 @@ def last_block_passes(transformer):
         handle.remove()
 
 
-def diffusers_hooks(transformer) -> dict[str, list[str]]:
-    """{module name: its diffusers hooks}: fp8 storage's casting hooks, and the cache's while it is on."""
-    return {name: list(module._diffusers_hook.hooks) for name, module in transformer.named_modules()
-            if getattr(module, "_diffusers_hook", None) and module._diffusers_hook.hooks}
-
-
-def i2v(models, run, progress=None) -> torch.Tensor:
-    return pipeline.generate_i2v(models, pil_to_frame(random_pictures(1)[0])[None], run, progress).latents
-
-
 def decoded(models, latents) -> np.ndarray:
     return conditioning.decode_latents(models, latents).numpy()
 
@@ -53,7 +43,7 @@ def decoded(models, latents) -> np.ndarray:
 def test_step_cache_matches_diffusers_first_block_cache(tiny_i2v, threshold):
     models, picture = tiny_i2v, random_pictures(1)[0]
     reference_pipe = reference_i2v_pipeline(models, "unipc")
-    run = params("unipc", step_cache=threshold)
+    run = params("unipc")
     models.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
     try:
         with last_block_passes(models.transformer) as reference_passes:
@@ -62,8 +52,8 @@ def test_step_cache_matches_diffusers_first_block_cache(tiny_i2v, threshold):
         models.transformer.disable_cache()
 
     with last_block_passes(models.transformer) as passes:
-        frames = decoded(models, i2v(models, run))
-    uncached = decoded(models, i2v(models, params("unipc")))
+        frames = decoded(models, i2v_latents(models, run, step_cache=threshold))
+    uncached = decoded(models, i2v_latents(models, params("unipc")))
 
     assert len(passes) == len(reference_passes) < FULL_PASSES  # passes were skipped, as many as diffusers skips
     assert np.abs(frames - reference).max() < TOLERANCE
@@ -73,10 +63,10 @@ def test_step_cache_matches_diffusers_first_block_cache(tiny_i2v, threshold):
 def test_step_cache_zero_runs_every_pass_without_hooks(tiny_i2v):
     hooks_seen = []
     with last_block_passes(tiny_i2v.transformer) as passes:
-        latents = i2v(tiny_i2v, params("unipc", step_cache=0.0),
-                      lambda *_: hooks_seen.append(diffusers_hooks(tiny_i2v.transformer)))
+        latents = i2v_latents(tiny_i2v, params("unipc"), lambda _step: hooks_seen.append(diffusers_hooks(tiny_i2v.transformer)),
+                      step_cache=0.0)
     assert len(passes) == FULL_PASSES and hooks_seen == [{}] * STEPS
-    assert torch.equal(latents, i2v(tiny_i2v, params("unipc")))
+    assert torch.equal(latents, i2v_latents(tiny_i2v, params("unipc")))
 
 
 class Cancelled(Exception):
@@ -85,32 +75,33 @@ class Cancelled(Exception):
 
 def test_no_cache_is_left_on_the_model_after_a_run_or_a_cancelled_run(tiny_i2v):
     models = tiny_i2v
-    fresh = i2v(models, params("euler"))
-    cached = i2v(models, params("euler", step_cache=SKIPPING))
+    fresh = i2v_latents(models, params("euler"))
+    cached = i2v_latents(models, params("euler"), step_cache=SKIPPING)
     assert not torch.equal(cached, fresh)
     assert diffusers_hooks(models.transformer) == {} and not models.transformer.is_cache_enabled
-    assert torch.equal(i2v(models, params("euler")), fresh)
+    assert torch.equal(i2v_latents(models, params("euler")), fresh)
 
     hooks_during = []
 
-    def cancel_at_step_2(step, _total, _x0):
+    def cancel_at_step_2(step):
         hooks_during.append(diffusers_hooks(models.transformer))
-        if step == 2:
+        if step.i + 1 == 2:
             raise Cancelled
 
     with pytest.raises(Cancelled):
-        i2v(models, params("euler", step_cache=SKIPPING), cancel_at_step_2)
+        i2v_latents(models, params("euler"), cancel_at_step_2, step_cache=SKIPPING)
     assert len(hooks_during) == 2 and all(hooks_during)  # the cache was on while sampling ran
     assert diffusers_hooks(models.transformer) == {} and not models.transformer.is_cache_enabled
-    assert torch.equal(i2v(models, params("euler")), fresh)
-    assert torch.equal(i2v(models, params("euler", step_cache=SKIPPING)), cached)  # no cached residual carried over
+    assert torch.equal(i2v_latents(models, params("euler")), fresh)
+    assert torch.equal(i2v_latents(models, params("euler"), step_cache=SKIPPING), cached)  # no cached residual carried over
 
 
 def test_step_cache_on_video_to_video(tiny_t2v):
     source = torch.stack([pil_to_frame(picture) for picture in random_pictures(FRAMES)])
-    run = params("unipc", strength=0.9, step_cache=0.25)  # the tiny T2V model's first block changes more per step
-    uncached = pipeline.generate_v2v(tiny_t2v, source, params("unipc", strength=0.9)).latents
-    with last_block_passes(tiny_t2v.transformer) as passes:
+    run = params("unipc", strength=0.9)
+    uncached = pipeline.generate_v2v(tiny_t2v, source, run).latents
+    # the tiny T2V model's first block changes more per step than the I2V one's
+    with last_block_passes(tiny_t2v.transformer) as passes, tiny_t2v.configured(step_cache=0.25):
         cached = pipeline.generate_v2v(tiny_t2v, source, run).latents
     assert len(passes) < 2 * (STEPS - strength_start(STEPS, run.strength))  # fewer than both passes of every step
     assert not torch.equal(cached, uncached)
@@ -127,19 +118,21 @@ def test_step_cache_with_fp8_storage_and_a_lora(fp8_i2v, tmp_path):
     models = fp8_i2v
     casting_hooks = diffusers_hooks(models.transformer)
     assert casting_hooks and all(hooks == ["layerwise_casting"] for hooks in casting_hooks.values())
-    set_lora_stack(models, (LoraEntry(str(write_tiny_lora(tmp_path / "lora.safetensors")), 0.8),))
+    lora = (LoraEntry(str(write_tiny_lora(tmp_path / "lora.safetensors")), 0.8),)
     try:
-        patched = i2v(models, params("unipc"))
+        patched = i2v_latents(models, params("unipc"), loras=lora)
         with last_block_passes(models.transformer) as passes:
-            cached = i2v(models, params("unipc", step_cache=SKIPPING))
+            cached = i2v_latents(models, params("unipc"), loras=lora, step_cache=SKIPPING)
         assert 0 < len(passes) < FULL_PASSES and torch.isfinite(cached).all()
         assert diffusers_hooks(models.transformer) == casting_hooks  # fp8 casting stays, the cache's hooks are gone
-        assert torch.equal(i2v(models, params("unipc")), patched)
+        assert torch.equal(i2v_latents(models, params("unipc"), loras=lora), patched)
     finally:
-        set_lora_stack(models, None)
+        with models.configured(loras=()):
+            pass
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5])
-def test_step_cache_out_of_range_is_refused(value):
+def test_step_cache_out_of_range_is_refused(tiny_t2v, value):
     with pytest.raises(WanInputError, match=rf"^step_cache={value} is out of range: allowed 0.0 to 1.0$"):
-        params("unipc", step_cache=value)
+        with tiny_t2v.configured(step_cache=value):
+            pass

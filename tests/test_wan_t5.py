@@ -26,7 +26,7 @@ from wan_core.sampling.conditioning import TEXT_LENGTH, clean_prompt, encode_pro
 from wan_core.files.loading import load_text_encoder
 from wan_core.tiny import tiny_tokenizer_model
 
-from test_model_files import to_wan_t5
+from helpers import to_wan_t5
 
 NUM_BUCKETS, MAX_DISTANCE = 32, 128
 TOLERANCE = 1e-4  # float32 throughout; only summation order differs

@@ -18,7 +18,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5Enco
 
 from .cache import wanflow_cache_dir
 from .files.loading import TOKENIZER_TENSOR, WAN_HEAD_DIM
-from .files.wan_names import rename, transformer_key_to_wan
+from .files.wan_names import diffusers_key_map, rename, transformer_key_to_wan
 
 SEED = 2101
 TEXT_DIM, IMAGE_DIM = 64, 64
@@ -113,7 +113,7 @@ def vae_key_to_wan(key: str) -> str:
 def _comfy_state(module, key_to_wan, converter) -> dict[str, torch.Tensor]:
     """The module's weights under original Wan names, checked to convert back exactly with diffusers' converter."""
     state = {key_to_wan(name): tensor.contiguous() for name, tensor in module.state_dict().items()}
-    round_trip = converter({key: key for key in state})
+    round_trip = diffusers_key_map(converter, {key: tensor.shape for key, tensor in state.items()})
     if set(round_trip) != set(module.state_dict()):
         raise RuntimeError("tiny model key layout does not round-trip through diffusers' Wan converter")
     return state

@@ -10,14 +10,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..errors import WanInputError
+from ..errors import WanInputError, check_range
 from ..lora.stack import stack_from_options
-from ..sampling.params import SAMPLER_NAMES, SamplingParams, frame_count, parse_size, source_frame_count
+from ..sampling.params import DTYPES, FLOW_SHIFT_AUTO, FLOW_SHIFT_HELP, PARITY_CHOICES, SAMPLER_NAMES, \
+    STEP_CACHE_RANGE, SamplingParams, frame_count, parse_size, source_frame_count
 from ..files.precision import WEIGHT_STORAGES
 from ..sampling.speed import ATTENTION_CHOICES, OFFLOADS, check_model_speed, check_offload
 from ..video_io import DEFAULT_FPS, check_output_path, read_image, read_video, write_video
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _add_common(parser: argparse.ArgumentParser):
@@ -40,9 +40,12 @@ def _add_common(parser: argparse.ArgumentParser):
     length.add_argument("--frames", type=int, help="frame count of the form 4n+1")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--guidance-scale", type=float, default=5.0)
-    parser.add_argument("--flow-shift", type=float, help="default 3.0 at 480p and below, 5.0 above")
+    parser.add_argument("--flow-shift", type=float, default=FLOW_SHIFT_AUTO, help=f"1-20; {FLOW_SHIFT_HELP}")
     parser.add_argument("--seed", type=int, default=-1, help="-1 draws one; the seed used is printed")
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="unipc")
+    parser.add_argument("--parity", choices=PARITY_CHOICES, default="diffusers",
+                        help="where diffusers 0.42's Wan pipelines and Wan's reference differ (sigma spacing, CLIP "
+                             "input cropped or squashed), follow diffusers (default, tested) or wan")
     parser.add_argument("--step-cache", type=float, default=0.0, metavar="T",
                         help="fast mode, 0-1 (default 0: off): where the first transformer block's output changed "
                              "by less than T (relative) since the last full pass, skip the other blocks and reuse "
@@ -88,7 +91,7 @@ def _params(args, num_frames: int, **extra) -> SamplingParams:
     return SamplingParams(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height, num_frames=num_frames,
         steps=args.steps, guidance_scale=args.guidance_scale, flow_shift=args.flow_shift, seed=args.seed,
-        sampler=args.sampler, step_cache=args.step_cache, **extra,
+        sampler=args.sampler, parity=args.parity, **extra,
     )
 
 
@@ -104,14 +107,14 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     out = _output_path(args)
     # diffusers and transformers take seconds to import: only the subcommands that generate pay for them
     from ..sampling import conditioning, pipeline
-    from ..files.loading import load_models
-    from ..lora.apply import set_lora_stack
+    from ..sampling.models import load_models
     from ..lora.sources import resolve_lora_file
     from ..files.model_files import resolve_model_files
 
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     check_model_speed(args.attention, args.compile, args.device, dtype)
     check_offload(args.offload, args.device)
+    check_range("step_cache", args.step_cache, *STEP_CACHE_RANGE)
     loras = stack_from_options(args.lora)
     loras_dir = Path(args.model) / "loras" if args.model and args.model != "tiny" else None
     for entry in loras:  # a missing file or an unreachable URL fails here, before the models load
@@ -120,15 +123,16 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
                                 tokenizer=args.tokenizer)
     started = time.perf_counter()
     models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, args.device,
-                         weight_storage=args.weight_storage, tokenizer=files.tokenizer, attention=args.attention,
-                         compile=args.compile, offload=args.offload)
-    if loras:
-        print(set_lora_stack(models, loras, loras_dir).summary(), file=sys.stderr)
-    print(f"seed: {params.seed}", file=sys.stderr)
-    with tqdm(total=params.steps, desc="sampling", unit="step", file=sys.stderr) as bar:
-        def progress(step, total, _preview):
-            bar.total = total
-            bar.update(step - bar.n)
+                         weight_storage=args.weight_storage, tokenizer=files.tokenizer, offload=args.offload)
+    with models.configured(loras=loras, loras_dir=loras_dir, attention=args.attention, compile=args.compile,
+                           step_cache=args.step_cache), \
+            tqdm(total=params.steps, desc="sampling", unit="step", file=sys.stderr) as bar:
+        if loras:
+            print(models.lora_report.summary(), file=sys.stderr)
+
+        def progress(step):
+            bar.total = step.total
+            bar.update(step.i + 1 - bar.n)
 
         generate = pipeline.generate_i2v if task == "i2v" else pipeline.generate_v2v
         generation = generate(models, media, params, progress)

@@ -4,7 +4,12 @@
 - sharded safetensors (`diffusion_pytorch_model-00001-of-00007.safetensors` with its `.index.json`: the
   Wan-AI release and diffusers folders), each shard memory-mapped;
 - the original release's `.pth` files, read with `torch.load(weights_only=True, mmap=True)`: no code runs and
-  the data stays on disk until a tensor is asked for.
+  the data stays on disk until a tensor is asked for;
+- ComfyUI's "fp8 scaled" files (e.g. `umt5_xxl_fp8_e4m3fn_scaled.safetensors`), in any of those: they carry a
+  `scaled_fp8` marker tensor and, next to each quantised `X.weight`, a scalar `X.scale_weight` (and sometimes
+  `X.scale_input`, used only by fp8 matrix multiplication). The real weight is `weight.float() * scale_weight`,
+  what ComfyUI's `scaled_fp8_ops.convert_weight` computes; the reader applies that product in float32 as each
+  tensor is read and hides the marker and scale tensors, so a scaled file loads exactly like an unscaled one.
 
 Shapes are read without touching tensor data, so a wrong file is refused before anything heavy happens.
 Every file is opened read-only: loading never changes anything on disk.
@@ -207,8 +212,6 @@ def _shards_for(path: Path, role: str) -> list[Path] | None:
 
 def open_checkpoint(path, role: str) -> Checkpoint:
     """The right reader for a file or folder, with scaled-fp8 weights presented already dequantised."""
-    from .precision import wrap_scaled_fp8  # precision builds on this module
-
     path = Path(path)
     if not path.exists():
         raise WanInputError(f"{role} file {str(path)!r}: no such file or folder")
@@ -222,3 +225,32 @@ def open_checkpoint(path, role: str) -> Checkpoint:
     else:
         checkpoint = SafetensorsFile(path, role)
     return wrap_scaled_fp8(checkpoint)
+
+
+# ---- ComfyUI's scaled fp8 ---------------------------------------------------------------------------------------
+
+SCALED_FP8_MARKER = "scaled_fp8"
+SCALE_SUFFIXES = (".scale_weight", ".scale_input")
+
+
+class ScaledFp8Checkpoint(Checkpoint):
+    """A ComfyUI scaled-fp8 checkpoint seen through its real weights: fp8 * scale_weight, in float32."""
+
+    def __init__(self, inner: Checkpoint):
+        self.inner, self.path, self.role = inner, inner.path, inner.role
+        self.shapes = {key: shape for key, shape in inner.shapes.items()
+                       if key != SCALED_FP8_MARKER and not key.endswith(SCALE_SUFFIXES)}
+
+    def tensor(self, key: str, rows: slice | None = None) -> torch.Tensor:
+        tensor = self.inner.tensor(key, rows)  # scale_weight is one number for the whole tensor
+        scale_key = key.removesuffix(".weight") + ".scale_weight"
+        if key.endswith(".weight") and scale_key in self.inner.shapes:
+            return tensor.to(torch.float32) * self.inner.tensor(scale_key).to(torch.float32)
+        return tensor
+
+
+def wrap_scaled_fp8(checkpoint: Checkpoint) -> Checkpoint:
+    """Present a scaled-fp8 file through its dequantised weights; any other checkpoint is returned unchanged."""
+    if any(key == SCALED_FP8_MARKER or key.endswith("." + SCALED_FP8_MARKER) for key in checkpoint.shapes):
+        return ScaledFp8Checkpoint(checkpoint)
+    return checkpoint

@@ -42,7 +42,7 @@ def set_files(name: str, precision: str = "fp16") -> list[str]:
     return files
 
 
-def _endpoint() -> str | None:
+def hub_endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
@@ -50,7 +50,7 @@ def remote_size(repo_path: str) -> int:
     """The file's size from the hub's metadata (a HEAD request); offline is a WanInputError."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    url = hf_hub_url(REPO_ID, repo_path, revision=REVISION, endpoint=_endpoint())
+    url = hf_hub_url(REPO_ID, repo_path, revision=REVISION, endpoint=hub_endpoint())
     try:
         metadata = get_hf_file_metadata(url)
     except Exception as error:  # httpx / huggingface_hub raise many kinds; all mean "cannot ask the hub"
@@ -75,7 +75,7 @@ def fetch(repo_path: str, models_dir: Path) -> tuple[Path, str]:
                             "move it away (it is left untouched) and run the download again")
     try:
         staged = Path(hf_hub_download(REPO_ID, repo_path, revision=REVISION, local_dir=models_dir / STAGING,
-                                      endpoint=_endpoint()))
+                                      endpoint=hub_endpoint()))
     except Exception as error:
         raise WanInputError(f"download of {REPO_ID}/{repo_path} failed ({type(error).__name__}: {error}); "
                             "run the same command again to resume") from None

@@ -9,8 +9,6 @@ dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from accelerate import init_empty_weights
@@ -22,22 +20,14 @@ from .checkpoint import Checkpoint, SafetensorsFile, TensorPart, open_checkpoint
 from .clip_names import is_open_clip, open_clip_vision_names
 from ..errors import WanInputError
 from .t5_names import is_wan_t5, wan_t5_names
+from .wan_names import diffusers_key_map
+from ..adapters import keep_in_fp32_modules
 from .precision import check_weight_storage, prepare_fp8_storage, to_storage
-from ..sampling.speed import apply_model_speed, check_model_speed, check_offload, model_offload
 from .tokenizer import TOKENIZER_TENSOR, load_tokenizer
 
 COMFY_PREFIX = "model.diffusion_model."
 WAN_HEAD_DIM = 128  # every Wan 2.1 transformer uses 128-wide attention heads; heads = width / 128
 CLIP_HEADS_BY_WIDTH = {1280: 16, 1024: 16, 768: 12}  # ViT-H/14, ViT-L/14, ViT-B; else 64-wide heads
-
-
-# Kept under its old name: callers (nodes, tests) built a CheckpointFile for a single safetensors file.
-CheckpointFile = SafetensorsFile
-
-
-def _key_map(converter, keys) -> dict[str, str]:
-    """{module name: file key}, using a diffusers converter on the key names alone (values are passed through)."""
-    return converter({key: key for key in keys})
 
 
 def _materialise(module_class, config, checkpoint: Checkpoint, names: dict[str, str | TensorPart], dtype,
@@ -129,14 +119,12 @@ def load_transformer(path, dtype=torch.float32, weight_storage: str | None = Non
     storage = check_weight_storage(weight_storage)
     checkpoint = open_checkpoint(path, "diffusion model")
     _require_component(checkpoint, "a Wan diffusion model")
-    keys = [key.removeprefix(COMFY_PREFIX) for key in checkpoint.shapes]
-    if "head.modulation" in keys:  # original Wan names (ComfyUI repackaged, Wan-AI release)
-        names = {new: COMFY_PREFIX + old if COMFY_PREFIX + old in checkpoint.shapes else old
-                 for new, old in _key_map(convert_wan_transformer_to_diffusers, keys).items()}
+    if any(key.removeprefix(COMFY_PREFIX) == "head.modulation" for key in checkpoint.shapes):  # original Wan names
+        names = diffusers_key_map(convert_wan_transformer_to_diffusers, checkpoint.shapes)  # it drops COMFY_PREFIX
     else:
         names = {key: key for key in checkpoint.shapes}
     config = transformer_config({new: checkpoint.shapes[old] for new, old in names.items()})
-    keep_fp32 = WanTransformer3DModel._keep_in_fp32_modules or ()
+    keep_fp32 = keep_in_fp32_modules(WanTransformer3DModel)
     prepare = (lambda module: prepare_fp8_storage(module, dtype)) if storage == "fp8" else None
     return _materialise(WanTransformer3DModel, config, checkpoint, names, dtype, keep_fp32, prepare)
 
@@ -152,7 +140,7 @@ def load_vae(path, dtype=torch.float32) -> AutoencoderKLWan:
     checkpoint = open_checkpoint(path, "VAE")
     _require_component(checkpoint, "a Wan VAE")
     if "decoder.middle.0.residual.0.gamma" in checkpoint.shapes:
-        names = _key_map(convert_wan_vae_to_diffusers, checkpoint.shapes)
+        names = diffusers_key_map(convert_wan_vae_to_diffusers, checkpoint.shapes)
     else:
         names = {key: key for key in checkpoint.shapes}
     config = vae_config({new: checkpoint.shapes[old] for new, old in names.items()})
@@ -236,101 +224,3 @@ def load_clip_vision(path, dtype=torch.float32) -> tuple[CLIPVisionModel, CLIPIm
         resample=3, do_center_crop=True, do_normalize=True, do_resize=True, do_rescale=True,
     )
     return model, processor
-
-
-# ---- the bundle ------------------------------------------------------------------------------------------------
-
-
-# The networks a stage can ask for (WanModels.use); the tokenizer and image processor run on the CPU.
-NETWORKS = ("transformer", "vae", "text_encoder", "image_encoder")
-
-
-@dataclass
-class WanModels:
-    """Everything one generation needs. image_encoder is None for text-to-video models.
-
-    `device` is the compute device: inputs go there, whatever device the networks wait on between stages. Before
-    each stage the pipeline says which networks it runs (`use`); `placement(models, names)` then puts those on the
-    compute device (model_offload for --offload model, ComfyUI's memory manager in the nodes). Without one nothing
-    moves: the networks stay where they were loaded.
-    """
-
-    transformer: WanTransformer3DModel
-    vae: AutoencoderKLWan
-    text_encoder: UMT5EncoderModel
-    tokenizer: T5Tokenizer
-    image_encoder: CLIPVisionModel | None = None
-    image_processor: CLIPImageProcessorPil | None = None
-    device: torch.device | None = None  # None: where the transformer's weights are when the bundle is made
-    placement: Callable[[WanModels, tuple[str, ...]], None] | None = None
-
-    def __post_init__(self):
-        if self.device is None:
-            self.device = self.transformer.patch_embedding.weight.device
-
-    @property
-    def is_i2v(self) -> bool:
-        return self.transformer.config.image_dim is not None
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The compute dtype (the patch embedding is never stored in fp8)."""
-        return self.transformer.patch_embedding.weight.dtype
-
-    def networks(self) -> dict[str, torch.nn.Module]:
-        """{name: network} for the networks this bundle has (no image encoder for text-to-video)."""
-        return {name: getattr(self, name) for name in NETWORKS if getattr(self, name) is not None}
-
-    def use(self, *names: str) -> None:
-        """The next stage runs these networks: have them on the compute device."""
-        unknown = [name for name in names if name not in NETWORKS]
-        if unknown:
-            raise ValueError(f"unknown network {unknown}: a stage uses some of {NETWORKS}")
-        if self.placement is not None:
-            self.placement(self, names)
-
-    def check_compatible(self):
-        """Catch mixed-up files before any sampling: text width, VAE channels, a missing CLIP for I2V."""
-        config = self.transformer.config
-        if self.text_encoder.config.d_model != config.text_dim:
-            raise WanInputError(
-                f"text encoder width {self.text_encoder.config.d_model} does not match the diffusion model's "
-                f"text width {config.text_dim}: use the UMT5 file made for this model"
-            )
-        if self.vae.config.z_dim != config.out_channels:
-            raise WanInputError(f"VAE latent channels {self.vae.config.z_dim} != diffusion model's {config.out_channels}")
-        if self.is_i2v:
-            if self.image_encoder is None:
-                raise WanInputError("this is an image-to-video diffusion model: it needs a CLIP vision file")
-            if self.image_encoder.config.hidden_size != config.image_dim:
-                raise WanInputError(
-                    f"CLIP vision width {self.image_encoder.config.hidden_size} does not match the diffusion "
-                    f"model's image width {config.image_dim}: use clip_vision_h"
-                )
-
-
-def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torch.float32, device="cpu", *,
-                weight_storage: str | None = None, tokenizer=None, attention: str = "auto",
-                compile: bool = False, offload: str = "none") -> WanModels:
-    """Load the four components (clip_vision only matters for image-to-video models) and check they fit together.
-
-    Each of them may be a file or a folder in any supported layout (see checkpoint.py). `dtype` is the compute
-    dtype and `device` the compute device; weight_storage="fp8" keeps the transformer's and the text encoder's
-    weights in float8_e4m3fn, upcast per layer. `tokenizer` is a tokenizer folder for text encoder files that carry none (see tokenizer.py
-    for where else it looks). `attention` and `compile` are the transformer's speed settings (speed.py), checked
-    before anything is read. offload="model" keeps the networks on the CPU and moves each to `device` for its stage.
-    """
-    check_weight_storage(weight_storage)
-    check_model_speed(attention, compile, device, dtype)
-    check_offload(offload, device)
-    home = "cpu" if offload == "model" else device  # where the networks wait between stages
-    transformer = load_transformer(diffusion_model, dtype, weight_storage).to(home)
-    encoder, tokenizer = load_text_encoder(text_encoder, dtype, tokenizer, weight_storage)
-    models = WanModels(transformer, load_vae(vae, dtype).to(home), encoder.to(home), tokenizer,
-                       device=torch.device(device), placement=model_offload if offload == "model" else None)
-    if clip_vision is not None and transformer.config.image_dim is not None:
-        models.image_encoder, models.image_processor = load_clip_vision(clip_vision, dtype)
-        models.image_encoder.to(home)
-    models.check_compatible()
-    apply_model_speed(transformer, attention, compile, device)
-    return models

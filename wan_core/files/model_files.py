@@ -9,15 +9,6 @@ from ..errors import WanInputError
 from .folders import COMFY_FOLDERS, files_in_folder, folder_layout
 from ..tiny import tiny_model_paths
 
-# ComfyUI's repackaged Wan 2.1 file names, by folder, as the official workflows use them.
-STANDARD_FILES = {
-    "i2v": "diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors",
-    "t2v": "diffusion_models/wan2.1_t2v_14B_fp16.safetensors",
-    "vae": "vae/wan_2.1_vae.safetensors",
-    "text_encoder": "text_encoders/umt5_xxl_fp16.safetensors",
-    "clip_vision": "clip_vision/clip_vision_h.safetensors",
-}
-
 
 @dataclass
 class ModelFiles:

@@ -1,11 +1,7 @@
-"""Weight precision: fp8 files, ComfyUI's scaled fp8, and keeping transformer weights stored in fp8.
+"""Weight precision: casting for storage, and keeping transformer weights stored in fp8.
 
-File precisions. fp32/fp16/bf16 and plain `float8_e4m3fn` tensors are cast to the compute dtype as they are
-read. ComfyUI's "fp8 scaled" files (e.g. `umt5_xxl_fp8_e4m3fn_scaled.safetensors`) carry a `scaled_fp8` marker
-tensor and, next to each quantised `X.weight`, a scalar `X.scale_weight` (and sometimes `X.scale_input`, used
-only by fp8 matrix multiplication): the real weight is `weight.float() * scale_weight`, which is what
-ComfyUI's `scaled_fp8_ops.convert_weight` computes. We apply that product once, at load time, in float32, and
-hide the marker and scale tensors from the loaders, so a scaled file loads exactly like an unscaled one.
+File precisions are read by checkpoint.py (ComfyUI's scaled fp8 included); this module decides how weights are
+stored once read.
 
 Weight storage. `weight_storage="fp8"` keeps the transformer's and the UMT5 text encoder's Linear (and Conv)
 weights in `float8_e4m3fn` and casts them to the compute dtype one layer at a time during the forward pass, with
@@ -26,36 +22,11 @@ from __future__ import annotations
 import torch
 from diffusers.hooks import apply_layerwise_casting
 
-from .checkpoint import Checkpoint
+from ..adapters import keep_in_fp32_modules
 from ..errors import check_choice
 
-SCALED_FP8_MARKER = "scaled_fp8"
-SCALE_SUFFIXES = (".scale_weight", ".scale_input")
 FP8_STORAGE_DTYPE = torch.float8_e4m3fn
 WEIGHT_STORAGES = ("compute", "fp8")  # "compute": weights in the compute dtype; "fp8": stored fp8, upcast per layer
-
-
-class ScaledFp8Checkpoint(Checkpoint):
-    """A ComfyUI scaled-fp8 checkpoint seen through its real weights: fp8 * scale_weight, in float32."""
-
-    def __init__(self, inner: Checkpoint):
-        self.inner, self.path, self.role = inner, inner.path, inner.role
-        self.shapes = {key: shape for key, shape in inner.shapes.items()
-                       if key != SCALED_FP8_MARKER and not key.endswith(SCALE_SUFFIXES)}
-
-    def tensor(self, key: str, rows: slice | None = None) -> torch.Tensor:
-        tensor = self.inner.tensor(key, rows)  # scale_weight is one number for the whole tensor
-        scale_key = key.removesuffix(".weight") + ".scale_weight"
-        if key.endswith(".weight") and scale_key in self.inner.shapes:
-            return tensor.to(torch.float32) * self.inner.tensor(scale_key).to(torch.float32)
-        return tensor
-
-
-def wrap_scaled_fp8(checkpoint: Checkpoint) -> Checkpoint:
-    """Present a scaled-fp8 file through its dequantised weights; any other checkpoint is returned unchanged."""
-    if any(key == SCALED_FP8_MARKER or key.endswith("." + SCALED_FP8_MARKER) for key in checkpoint.shapes):
-        return ScaledFp8Checkpoint(checkpoint)
-    return checkpoint
 
 
 def to_storage(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -82,7 +53,7 @@ def prepare_fp8_storage(empty_module, compute_dtype: torch.dtype):
     else:
         # UMT5 casts its activations to `wo`'s weight dtype before calling it, so `wo` (transformers'
         # _keep_in_fp32_modules) must keep the compute dtype: stored in fp8 it would turn the activations to fp8
-        keep = tuple(getattr(empty_module, "_keep_in_fp32_modules", None) or ())
+        keep = keep_in_fp32_modules(empty_module)
         apply_layerwise_casting(empty_module, FP8_STORAGE_DTYPE, compute_dtype,
                                 skip_modules_pattern=("shared", "embed_tokens", "relative_attention_bias", "norm", *keep))
     return empty_module

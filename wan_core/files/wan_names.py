@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+import torch
+
 _TRANSFORMER_TO_WAN = [
     (r"^condition_embedder\.time_embedder\.linear_([12])", lambda m: f"time_embedding.{2 * int(m[1]) - 2}"),
     (r"^condition_embedder\.text_embedder\.linear_([12])", lambda m: f"text_embedding.{2 * int(m[1]) - 2}"),
@@ -39,3 +41,18 @@ def rename(key: str, rules) -> str:
 
 def transformer_key_to_wan(key: str) -> str:
     return rename(key, _TRANSFORMER_TO_WAN)
+
+
+def diffusers_key_map(converter, shapes: dict[str, tuple]) -> dict[str, str]:
+    """{diffusers name: file key} from one of diffusers' single-file converters (convert_wan_*_to_diffusers).
+
+    The converter gets what its contract expects, a state dict of tensors; empty ones on the meta device, so no
+    data is read. It renames them; each output tensor is one of the inputs, which says the key it came from."""
+    state = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+    source = {id(tensor): key for key, tensor in state.items()}
+    converted = converter(dict(state))
+    changed = sorted(name for name, tensor in converted.items() if id(tensor) not in source)
+    if changed:
+        raise RuntimeError(f"{converter.__name__} changed tensors rather than renaming them, e.g. {changed[:3]}: "
+                           "this diffusers release converts Wan files in a way the loader does not know")
+    return {name: source[id(tensor)] for name, tensor in converted.items()}

@@ -5,24 +5,29 @@ keeps its backup): a later stack is computed from that copy, never from an alrea
 stacks does not accumulate rounding, and removing the stack copies the base values back exactly. Subtracting the
 delta again would not be exact in bf16 or fp8, and re-reading the model file would need the file and its dtype
 conversion at hand. Only touched weights are copied, and their copies are dropped when no stack needs them.
+
+That patch state (the backups, the applied stack) belongs to the WanModels that owns the transformer
+(`models.lora`, a LoraPatches): WanModels.configured is the one caller of set_lora_stack in a run.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from ..errors import WanInputError
-from ..files.loading import WanModels
 from .formats import EXAMPLES, ModuleDelta, ParsedLora, model_module_names, parse_lora
-from .sources import resolve_lora_file
+from .sources import local_lora_file, resolve_lora_file
 from .stack import LoraEntry, LoraStack
+
+if TYPE_CHECKING:
+    from ..sampling.models import WanModels
 
 log = logging.getLogger("wanflow")
 COMPUTE_DTYPE = torch.float32  # the sum is formed in float32 whatever the storage dtype (bf16, fp16, fp8), then cast
@@ -62,37 +67,52 @@ class LoraReport:
 
 
 @dataclass
-class _PatchState:
+class LoraPatches:
+    """What a transformer's weights hold beyond the base model: kept by the WanModels that owns the transformer."""
+
     backups: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter name -> its base value, on the CPU
-    signature: tuple | None = ()  # the applied stack; () is the base model, None is unknown (a failed patch)
+    signature: tuple = ()  # the applied stack (stack_signature); () is the base model
     report: LoraReport = field(default_factory=LoraReport)
 
 
-_STATES: weakref.WeakKeyDictionary[torch.nn.Module, _PatchState] = weakref.WeakKeyDictionary()
+def stack_signature(entries: tuple[LoraEntry, ...], loras_dir: Path | None) -> tuple:
+    """What decides the patched weights, found without the network: a local file by path, size and time; a hub
+    file or URL by its name (a URL's cached file never changes; a hub file is looked up again only for a new
+    stack), each with its scale."""
+    signature = []
+    for entry in entries:
+        path = local_lora_file(entry, loras_dir)  # None for a URL or a hub repo
+        if path is None:
+            signature.append((entry.source, entry.weight_name, entry.scale))
+        else:
+            signature.append((str(path), path.stat().st_mtime_ns, path.stat().st_size, entry.scale))
+    return tuple(signature)
 
 
 def set_lora_stack(models: WanModels, stack: LoraStack | None, loras_dir: Path | None = None) -> LoraReport:
     """Make the transformer's weights equal the base weights plus this stack (None or empty: the base weights).
 
-    Every entry is resolved, read and checked against the model before any weight changes.
+    The same stack as the one applied changes nothing and contacts no hub. Every entry of a new stack is resolved,
+    read and checked against the model before any weight changes; a failure or an interrupt while weights are
+    being written puts the base weights back, so the transformer is always in a known state.
     """
-    transformer = models.transformer
-    state = _STATES.setdefault(transformer, _PatchState())
+    transformer, state = models.transformer, models.lora
     entries = tuple(stack or ())
-    files = [resolve_lora_file(entry, loras_dir) for entry in entries]
-    signature = tuple((str(path), path.stat().st_mtime_ns, path.stat().st_size, entry.scale)
-                      for path, entry in zip(files, entries))
+    signature = stack_signature(entries, loras_dir)
     if signature == state.signature:
         return state.report
+    files = [resolve_lora_file(entry, loras_dir) for entry in entries]
     names = model_module_names(transformer)
     parsed = [read_lora(path, _label(entry), names, models.is_i2v) for path, entry in zip(files, entries)]
     for lora in parsed:
         check_shapes(lora, transformer)
     report = _report(parsed, entries)
-    state.signature = None
-    state.report = report
-    report.patched_weights = _patch(transformer, state, _contributions(parsed, entries))
-    state.signature = signature
+    try:
+        report.patched_weights = _patch(transformer, state, _contributions(parsed, entries))
+    except BaseException:  # KeyboardInterrupt and ComfyUI's interrupt included: half-written weights never stay
+        _restore_base(transformer, state)
+        raise
+    state.signature, state.report = signature, report
     return report
 
 
@@ -162,7 +182,15 @@ def _contributions(parsed: list[ParsedLora], entries) -> dict[str, list[tuple[fl
 
 
 @torch.no_grad()
-def _patch(transformer: torch.nn.Module, state: _PatchState, wanted: dict[str, list]) -> int:
+def _restore_base(transformer: torch.nn.Module, state: LoraPatches) -> None:
+    params = dict(transformer.named_parameters())
+    for name in list(state.backups):
+        params[name].copy_(state.backups.pop(name))
+    state.signature, state.report = (), LoraReport()
+
+
+@torch.no_grad()
+def _patch(transformer: torch.nn.Module, state: LoraPatches, wanted: dict[str, list]) -> int:
     """Restore the weights the new stack leaves alone, then write base + deltas into the ones it changes."""
     params = dict(transformer.named_parameters())
     for name in [name for name in state.backups if name not in wanted]:

@@ -1,6 +1,6 @@
 """LoRA key formats -> one internal naming: the diffusers WanTransformer3DModel module names of the loaded model.
 
-A LoRA key is <prefix><module path>.<part>. The prefix says the trainer (see COMFYUI.md's table):
+A LoRA key is <prefix><module path>.<part>. The prefix says the trainer:
   diffusion_model. / model.diffusion_model.   ComfyUI and the original Wan release: original Wan names
   pipe.dit.                                   DiffSynth-Studio: original Wan names
   lora_unet_ / lora_unet__ / lycoris_         kohya, musubi-tuner, VideoX-Fun, LyCORIS / ai-toolkit: a name with
@@ -26,6 +26,7 @@ get_delta_weight for a LoRA that diffusers' WanPipeline.save_lora_weights wrote.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -153,11 +154,30 @@ def _add_part(delta: ModuleDelta, match: re.Match, key: str, tensor: torch.Tenso
 
 
 def _apply_peft_alpha(modules: dict[str, ModuleDelta], metadata: dict[str, str] | None):
-    """diffusers/PEFT files keep alpha in the LoraConfig saved as metadata, not per module."""
+    """diffusers/PEFT files keep alpha in the LoraConfig saved as metadata, not per module: lora_alpha, per-module
+    alpha_pattern (rank_pattern needs nothing: each module's rank is its tensors' own), and use_rslora, whose scale
+    is alpha / sqrt(rank) instead of alpha / rank. A per-module .alpha key in the file wins."""
+    config = _peft_config(metadata)
+    alpha, patterns = config.get("lora_alpha"), config.get("alpha_pattern") or {}
+    for name, delta in modules.items():
+        module_alpha = _pattern_value(patterns, name, alpha)
+        if delta.alpha is not None or module_alpha is None:
+            continue
+        rank = delta.down.shape[0] if delta.has_pair else None
+        # add_to_weight scales by alpha / rank: rsLoRA's alpha / sqrt(rank) is that with alpha * sqrt(rank)
+        delta.alpha = float(module_alpha) * (math.sqrt(rank) if config.get("use_rslora") and rank else 1.0)
+
+
+def _peft_config(metadata: dict[str, str] | None) -> dict:
+    """The LoraConfig fields; diffusers' save_lora_weights prefixes them with the component ("transformer.")."""
     config = json.loads((metadata or {}).get(PEFT_METADATA) or "{}")
-    alpha = config.get("transformer.lora_alpha", config.get("lora_alpha"))
-    if alpha is None:
-        return
-    for delta in modules.values():
-        if delta.alpha is None:
-            delta.alpha = float(alpha)
+    return {key.removeprefix("transformer."): value for key, value in config.items()}
+
+
+def _pattern_value(patterns: dict[str, float], module: str, default):
+    """PEFT's rule for alpha_pattern / rank_pattern keys: the first key that matches the end of the module name at
+    a dot boundary (a regular expression), else the default."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return value
+    return default

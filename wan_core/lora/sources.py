@@ -13,12 +13,13 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import requests
-from huggingface_hub import hf_hub_download, list_repo_files, snapshot_download
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 from safetensors import SafetensorError, safe_open
 
 from ..cache import wanflow_cache_dir
 from ..errors import WanInputError
+from ..files.download import hub_endpoint
 from .stack import LoraEntry
 
 LORA_SUFFIX = ".safetensors"
@@ -28,20 +29,44 @@ DOWNLOAD_TIMEOUT = (10, 60)  # seconds to connect, seconds between bytes
 
 def resolve_lora_file(entry: LoraEntry, loras_dir: Path | None = None) -> Path:
     """The local .safetensors file for one stack entry, downloading it first when it is remote."""
-    source = entry.source.strip()
     if entry.is_url:
-        return download_lora_url(source)
-    for candidate in _local_candidates(source, loras_dir):
+        return download_lora_url(entry.source)
+    local = local_lora_file(entry, loras_dir)
+    if local is not None:
+        return local
+    if entry.is_hub_repo and not _meant_as_path(entry, loras_dir):
+        try:
+            return hub_lora_file(entry.source, entry.weight_name)
+        except WanInputError as error:
+            if not entry.weight_name:
+                raise
+            # owner/name/file.safetensors may as well have been a path: say both
+            raise WanInputError(f"LoRA {entry.text!r}: no such file here, nor on the hub: {error}") from None
+    where = f" or in the loras folder {str(loras_dir)!r}" if loras_dir else ""
+    raise WanInputError(f"LoRA {entry.text!r}: no such file{where}, and it is not a hub repo id (owner/name) "
+                        "or an http(s) URL")
+
+
+def local_lora_file(entry: LoraEntry, loras_dir: Path | None = None) -> Path | None:
+    """The entry's file on this machine (a path, a name in the loras folder, or a folder diffusers' save_lora_weights
+    wrote), else None; never touches the network."""
+    if entry.is_url:
+        return None
+    for candidate in _local_candidates(entry.text, loras_dir):
         if candidate.is_file():
             return candidate
-        if candidate.is_dir():  # a folder as diffusers' save_lora_weights writes it
+    for candidate in _local_candidates(entry.source, loras_dir):
+        if candidate.is_dir():
             names = sorted(path.name for path in candidate.glob(f"*{LORA_SUFFIX}"))
-            return candidate / choose_weight_file(names, entry.weight_name, source)
-    if entry.is_hub_repo:
-        return hub_lora_file(source, entry.weight_name)
-    where = f" or in the loras folder {str(loras_dir)!r}" if loras_dir else ""
-    raise WanInputError(f"LoRA {source!r}: no such file{where}, and it is not a hub repo id (owner/name) "
-                        "or an http(s) URL")
+            return candidate / choose_weight_file(names, entry.weight_name, entry.source)
+    return None
+
+
+def _meant_as_path(entry: LoraEntry, loras_dir: Path | None) -> bool:
+    """'my_loras/wan/style.safetensors' reads like a hub repo with a file name; when its first folder is here (or
+    in the loras folder), it is a path to a missing file, not a repo."""
+    first = entry.source.split("/")[0]
+    return any(candidate.is_dir() for candidate in _local_candidates(first, loras_dir))
 
 
 def _local_candidates(source: str, loras_dir: Path | None) -> list[Path]:
@@ -65,21 +90,33 @@ def choose_weight_file(names: list[str], weight_name: str | None, label: str) ->
 
 
 def hub_lora_file(repo_id: str, weight_name: str | None) -> Path:
+    """The hub file through huggingface_hub's cache. Reachability is asked once, without retries: offline (or with
+    the hub down) the cached file is used at once, where hf_hub_download would retry for half a minute first."""
     name = weight_name or choose_weight_file(_hub_safetensors(repo_id), None, repo_id)
     try:
-        return Path(hf_hub_download(repo_id, name))
-    except LocalEntryNotFoundError:  # offline or unreachable, and not in the cache
-        raise _hub_unreachable(repo_id, f"file {name!r} is not in the Hugging Face cache") from None
+        get_hf_file_metadata(hf_hub_url(repo_id, name, endpoint=hub_endpoint()), retry_on_errors=False)
     except RepositoryNotFoundError:
         raise _no_such_repo(repo_id) from None
     except EntryNotFoundError:
         raise WanInputError(f"LoRA {repo_id!r}: the repo has no file {name!r}") from None
+    except Exception:  # noqa: BLE001 - offline mode, no network, the hub down: the exception type depends on
+        # huggingface_hub's HTTP client, which changes between releases (requests, httpx, httpx2); the cache answers
+        return _cached_hub_file(repo_id, name)
+    return Path(hf_hub_download(repo_id, name, endpoint=hub_endpoint()))
+
+
+def _cached_hub_file(repo_id: str, name: str) -> Path:
+    try:
+        return Path(hf_hub_download(repo_id, name, local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise _hub_unreachable(repo_id, f"file {name!r} is not in the Hugging Face cache") from None
 
 
 def _hub_safetensors(repo_id: str) -> list[str]:
-    """The repo's .safetensors files: asked from the hub, else (offline, unreachable) those already cached."""
+    """The repo's .safetensors files: asked from the hub, else (offline, unreachable) those already cached.
+    model_info asks once; list_repo_files would retry a network error for half a minute."""
     try:
-        names = list_repo_files(repo_id)
+        names = [file.rfilename for file in HfApi(endpoint=hub_endpoint()).model_info(repo_id).siblings or ()]
     except RepositoryNotFoundError:
         raise _no_such_repo(repo_id) from None
     except Exception as error:  # noqa: BLE001 - offline mode, no network: huggingface_hub's HTTP client (and so the

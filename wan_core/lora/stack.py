@@ -41,6 +41,11 @@ class LoraEntry:
         return entry
 
     @property
+    def text(self) -> str:
+        """The entry as written: owner/name/file.safetensors for a file of a hub repo."""
+        return f"{self.source}/{self.weight_name}" if self.weight_name else self.source
+
+    @property
     def is_url(self) -> bool:
         return self.source.startswith(("http://", "https://"))
 

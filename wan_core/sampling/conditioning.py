@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..files.loading import WanModels
+from .models import WanModels
 from ..video_io import frames_to_uint8
 
 TEXT_LENGTH = 512  # Wan pads every prompt to 512 tokens; the padding embeddings are zeros
@@ -47,13 +47,25 @@ def fit_frames(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def encode_image_tokens(models: WanModels, frame: torch.Tensor) -> torch.Tensor:
-    """[H, W, 3] -> [1, tokens, clip_width]: CLIP's penultimate hidden states, as Wan's image cross-attention expects."""
-    picture = Image.fromarray(frames_to_uint8(frame[None])[0])
-    pixels = models.image_processor(images=picture, return_tensors="pt").pixel_values
+def encode_image_tokens(models: WanModels, frame: torch.Tensor, squash: bool = False) -> torch.Tensor:
+    """[H, W, 3] -> [1, tokens, clip_width]: CLIP's penultimate hidden states, as Wan's image cross-attention expects.
+
+    The CLIP input is the frame resized to cover CLIP's square and centre-cropped (diffusers' Wan pipelines), or
+    with squash the whole frame squeezed into the square by bicubic interpolation (Wan's reference clip.py)."""
+    pixels = _squashed_pixels(models, frame) if squash else models.image_processor(
+        images=Image.fromarray(frames_to_uint8(frame[None])[0]), return_tensors="pt").pixel_values
     encoder = models.image_encoder
     states = encoder(pixel_values=pixels.to(models.device, encoder.dtype), output_hidden_states=True).hidden_states
     return states[-2].to(models.device, models.dtype)
+
+
+def _squashed_pixels(models: WanModels, frame: torch.Tensor) -> torch.Tensor:
+    """[H, W, 3] in 0..1 -> [1, 3, size, size] CLIP input, normalised with the processor's mean and std."""
+    processor, size = models.image_processor, models.image_encoder.config.image_size
+    square = F.interpolate(frame.permute(2, 0, 1)[None].float(), size=(size, size), mode="bicubic", align_corners=False)
+    mean = torch.tensor(processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
+    return (square - mean) / std
 
 
 def _latent_stats(models: WanModels, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,11 +94,10 @@ def encode_frames(models: WanModels, frames: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def decode_latents(models: WanModels, raw: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+def decode_latents(models: WanModels, raw: torch.Tensor) -> torch.Tensor:
     """Raw latents [1, 16, T_lat, h, w] -> frames [T, 8h, 8w, 3] in 0..1: the decoding stage, the VAE alone.
-    Tiled decoding trades time for memory."""
+    Tiled decoding, which trades time for memory, is a run setting: models.configured(vae_tiling=True)."""
     models.use("vae")
-    models.vae.use_tiling = tiled
     video = models.vae.decode(raw.to(models.device, models.vae.dtype)).sample
     return (video[0].float() / 2.0 + 0.5).clamp(0, 1).permute(1, 2, 3, 0).cpu()
 

@@ -8,20 +8,28 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
+import torch
+
 from ..errors import WanInputError, check_choice, check_range
+from ..video_io import DEFAULT_FPS
 from .schedule import default_flow_shift
 
-FPS = 16
 SIZE_RANGE, SIZE_MULTIPLE = (64, 1920), 16
 STEPS_RANGE = (1, 100)
 GUIDANCE_RANGE = (0.0, 20.0)
 FLOW_SHIFT_RANGE = (1.0, 20.0)
+FLOW_SHIFT_AUTO = 0.0  # the one rule, in the nodes, the command line and the remote APIs: 0 picks it by resolution
+FLOW_SHIFT_HELP = "0 (default): auto by resolution, 3.0 at 480p and below, 5.0 above"
 SEED_RANGE = (-1, 2**31 - 1)
 STRENGTH_RANGE = (0.1, 1.0)
-STEP_CACHE_RANGE = (0.0, 1.0)  # First Block Cache threshold (speed.py); 0 is off
+STEP_CACHE_RANGE = (0.0, 1.0)  # First Block Cache threshold (speed.py, WanModels.configured); 0 is off
 DURATION_RANGE = (1, 10)
 FRAMES_RANGE = (1, 16 * DURATION_RANGE[1] + 1)
 SAMPLER_NAMES = ("unipc", "euler")
+# Whose preprocessing to follow where diffusers 0.42's Wan pipelines and Wan's reference differ: the sigma spacing
+# (schedule.SPACINGS) and the CLIP input (resized and centre-cropped, or squashed to its square; conditioning.py).
+PARITY_CHOICES = ("diffusers", "wan")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # compute dtype names
 # Wan 2.1's official default negative prompt (shared_config.sample_neg_prompt in the reference release).
 WAN_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
@@ -48,7 +56,7 @@ def frame_count(duration: float | None = None, frames: int | None = None) -> int
         return frames
     duration = 5 if duration is None else duration
     check_range("duration", duration, *DURATION_RANGE)
-    return round(FPS * duration) // 4 * 4 + 1
+    return round(DEFAULT_FPS * duration) // 4 * 4 + 1
 
 
 def whole_clip_frames(video_frames: int) -> int:
@@ -78,11 +86,11 @@ class SamplingParams:
     num_frames: int = 81
     steps: int = 30
     guidance_scale: float = 5.0
-    flow_shift: float | None = None
+    flow_shift: float = FLOW_SHIFT_AUTO
     seed: int = -1
     sampler: str = "unipc"
     strength: float = 0.9
-    step_cache: float = 0.0
+    parity: str = "diffusers"  # PARITY_CHOICES; "wan" follows Wan's reference, as the hosted APIs may
 
     def __post_init__(self):
         if not isinstance(self.prompt, str):
@@ -95,12 +103,14 @@ class SamplingParams:
         frame_count(frames=self.num_frames)
         check_range("steps", self.steps, *STEPS_RANGE)
         check_range("guidance_scale", self.guidance_scale, *GUIDANCE_RANGE)
-        if self.flow_shift is None:
+        if self.flow_shift == FLOW_SHIFT_AUTO:
             self.flow_shift = default_flow_shift(self.width, self.height)
-        check_range("flow_shift", self.flow_shift, *FLOW_SHIFT_RANGE)
+        elif not isinstance(self.flow_shift, (int, float)) or not FLOW_SHIFT_RANGE[0] <= self.flow_shift <= FLOW_SHIFT_RANGE[1]:
+            raise WanInputError(f"flow_shift={self.flow_shift!r} is out of range: allowed {FLOW_SHIFT_AUTO} (auto by "
+                                f"resolution) or {FLOW_SHIFT_RANGE[0]} to {FLOW_SHIFT_RANGE[1]}")
         check_range("strength", self.strength, *STRENGTH_RANGE)
-        check_range("step_cache", self.step_cache, *STEP_CACHE_RANGE)
         check_choice("sampler", self.sampler, SAMPLER_NAMES)
+        check_choice("parity", self.parity, PARITY_CHOICES)
         if self.negative_prompt is None:
             self.negative_prompt = WAN_NEGATIVE_PROMPT
         self.seed = resolve_seed(self.seed)

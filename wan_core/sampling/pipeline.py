@@ -16,13 +16,13 @@ import torch
 
 from . import conditioning, speed
 from ..errors import WanInputError
-from ..files.loading import WanModels
+from .models import WanModels
 from .params import SamplingParams
-from .samplers import SAMPLERS
+from .samplers import SAMPLERS, SamplerStep
 from .schedule import flow_sigmas, model_timestep, strength_start
 
-# progress(step, total, x0_preview [1, 16, T_lat, h, w] normalised) after every step; may raise to stop the run
-Progress = Callable[[int, int, torch.Tensor], None] | None
+# progress(SamplerStep) after every step (its denoised: normalised latents [1, 16, T_lat, h, w]); may raise to stop
+Progress = Callable[[SamplerStep], None] | None
 
 
 @dataclass
@@ -72,23 +72,16 @@ def guided_velocity(models: WanModels, params: SamplingParams, prompts, image_to
 
 
 def _sample(models, params, velocity, x, sigmas, progress: Progress) -> torch.Tensor:
-    sigma_list = sigmas.tolist()
-    total = len(sigma_list) - 1
-
-    def on_step(step, _x, x0):
-        if progress is not None:
-            progress(step + 1, total, x0)
-
-    with speed.step_cache(models.transformer, params.step_cache):
-        return SAMPLERS[params.sampler](velocity, x.to(models.device), sigma_list, on_step)
+    return SAMPLERS[params.sampler](velocity, x.to(models.device), sigmas.tolist(), progress)
 
 
-def _image_conditioning(models: WanModels, frame: torch.Tensor, num_frames: int):
+def _image_conditioning(models: WanModels, frame: torch.Tensor, params: SamplingParams):
     """CLIP tokens and first-frame latents for an image-to-video model; nothing for a text-to-video one."""
     if not models.is_i2v:
         return None, None
     models.use("image_encoder", "vae")
-    return conditioning.encode_image_tokens(models, frame), conditioning.first_frame_condition(models, frame, num_frames)
+    tokens = conditioning.encode_image_tokens(models, frame, squash=params.parity == "wan")
+    return tokens, conditioning.first_frame_condition(models, frame, params.num_frames)
 
 
 def generate_i2v(models: WanModels, image: torch.Tensor, params: SamplingParams, progress: Progress = None) -> Generation:
@@ -99,11 +92,11 @@ def generate_i2v(models: WanModels, image: torch.Tensor, params: SamplingParams,
     frame = conditioning.fit_frames(image[:1], params.width, params.height)[0]
     models.use("text_encoder")
     prompts = encode_prompts(models, params)
-    image_tokens, condition = _image_conditioning(models, frame, params.num_frames)
+    image_tokens, condition = _image_conditioning(models, frame, params)
     models.use("transformer")
     velocity = guided_velocity(models, params, prompts, image_tokens, condition)
     noise = initial_noise(params.seed, latent_shape(params))
-    sigmas = flow_sigmas(params.steps, params.flow_shift)
+    sigmas = flow_sigmas(params.steps, params.flow_shift, params.parity)
     latents = _sample(models, params, velocity, noise, sigmas, progress)
     return Generation(conditioning.raw_latents(models, latents).cpu(), params.seed)
 
@@ -117,10 +110,10 @@ def generate_v2v(models: WanModels, video: torch.Tensor, params: SamplingParams,
     prompts = encode_prompts(models, params)
     models.use("vae")
     source = conditioning.normalise_latents(models, conditioning.encode_frames(models, frames))
-    image_tokens, condition = _image_conditioning(models, frames[0], params.num_frames)
+    image_tokens, condition = _image_conditioning(models, frames[0], params)
     models.use("transformer")
     velocity = guided_velocity(models, params, prompts, image_tokens, condition)
-    sigmas = flow_sigmas(params.steps, params.flow_shift)[strength_start(params.steps, params.strength):]
+    sigmas = flow_sigmas(params.steps, params.flow_shift, params.parity)[strength_start(params.steps, params.strength):]
     noise = initial_noise(params.seed, latent_shape(params))
     noisy = (1.0 - sigmas[0].item()) * source.cpu() + sigmas[0].item() * noise
     latents = _sample(models, params, velocity, noisy, sigmas, progress)

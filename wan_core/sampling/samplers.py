@@ -1,23 +1,35 @@
 """Samplers: short functions over a sigma list, in the style of k-diffusion's sampling.py.
 
 `model(x, sigma)` returns the flow velocity v = noise - x0 for the latents x [B, C, T, H, W].
-`callback(step, x, x0)` is called after every step (progress, previews, interrupts).
+`callback(step)` is called after every step with a SamplerStep (progress, previews, interrupts): named fields, so
+a field added later breaks no caller.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+
+@dataclass(frozen=True)
+class SamplerStep:
+    i: int  # the step just taken, from 0
+    total: int  # steps in this run
+    x: torch.Tensor  # latents [B, C, T, H, W] at sigma, before the step
+    sigma: float
+    denoised: torch.Tensor  # the model's x0 prediction at sigma, shaped like x
+
+
 Model = Callable[[torch.Tensor, float], torch.Tensor]
-Callback = Callable[[int, torch.Tensor, torch.Tensor], None] | None
+Callback = Callable[[SamplerStep], None] | None
 
 
-def _notify(callback: Callback, step: int, x: torch.Tensor, x0: torch.Tensor):
+def _notify(callback: Callback, i: int, sigmas: list[float], x: torch.Tensor, denoised: torch.Tensor):
     if callback is not None:
-        callback(step, x, x0)
+        callback(SamplerStep(i=i, total=len(sigmas) - 1, x=x, sigma=sigmas[i], denoised=denoised))
 
 
 @torch.no_grad()
@@ -25,7 +37,7 @@ def sample_euler(model: Model, x: torch.Tensor, sigmas: list[float], callback: C
     """First-order flow ODE steps: x <- x + (sigma_next - sigma) * v."""
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         velocity = model(x, sigma)
-        _notify(callback, i, x, x - sigma * velocity)
+        _notify(callback, i, sigmas, x, x - sigma * velocity)
         x = x + (sigma_next - sigma) * velocity
     return x
 
@@ -35,36 +47,59 @@ def _log_snr(sigma: float) -> float:
     return math.log(1.0 - sigma) - math.log(sigma)
 
 
-def _unipc_step(x, x0, sigma, sigma_next, previous=None, x0_next=None):
-    """One UniPC update (B(h) = e^-h - 1, data prediction) from sigma to sigma_next.
+@dataclass(frozen=True)
+class _UniPCStep:
+    """The coefficients of one UniPC step (B(h) = e^-h - 1, data prediction) from sigma to sigma_next."""
 
-    x0 is the data prediction at sigma; previous = (x0_prev, sigma_prev) adds the second-order term.
-    Predictor when x0_next is None; corrector (UniC) of the point at sigma_next when it is given.
-    """
+    sigma: float
+    sigma_next: float
+    h: float  # log-SNR difference
+    phi_1: float  # also B(h) for the bh2 variant
+    b1: float
+    b2: float
+
+    @classmethod
+    def between(cls, sigma: float, sigma_next: float) -> _UniPCStep:
+        h = _log_snr(sigma_next) - _log_snr(sigma)
+        phi_1 = math.expm1(-h)
+        phi_2 = phi_1 / -h - 1.0
+        phi_3 = phi_2 / -h - 0.5
+        return cls(sigma, sigma_next, h, phi_1, phi_2 / phi_1, 2.0 * phi_3 / phi_1)
+
+    def base(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """The first-order (DDIM-like) update both the predictor and the corrector start from."""
+        return (self.sigma_next / self.sigma) * x - (1.0 - self.sigma_next) * self.phi_1 * x0
+
+    def slope(self, x0: torch.Tensor, previous: tuple[torch.Tensor, float]) -> tuple[torch.Tensor, float]:
+        """The first difference of x0 toward the previous step's (x0_prev, sigma_prev), per unit of h; its ratio."""
+        x0_prev, sigma_prev = previous
+        ratio = (_log_snr(sigma_prev) - _log_snr(self.sigma)) / self.h
+        return (x0_prev - x0) / ratio, ratio
+
+
+def _unipc_predict(x, x0, sigma, sigma_next, previous=None):
+    """UniP: x at sigma -> x at sigma_next from x0 (the data prediction at sigma); previous = (x0_prev, sigma_prev)
+    adds the second-order term."""
     if sigma_next == 0.0:
         return x0  # the first-order limit; lower-order-final guarantees first order here
-    h = _log_snr(sigma_next) - _log_snr(sigma)
-    phi_1 = math.expm1(-h)  # also B(h) for the bh2 variant
-    phi_2 = phi_1 / -h - 1.0
-    phi_3 = phi_2 / -h - 0.5
-    b1, b2 = phi_2 / phi_1, 2.0 * phi_3 / phi_1
-    alpha_next = 1.0 - sigma_next
-    base = (sigma_next / sigma) * x - alpha_next * phi_1 * x0
+    step = _UniPCStep.between(sigma, sigma_next)
+    difference = 0.0 if previous is None else 0.5 * step.slope(x0, previous)[0]
+    return step.base(x, x0) - (1.0 - sigma_next) * step.phi_1 * difference
 
+
+def _unipc_correct(x, x0, sigma, sigma_next, x0_next, previous=None):
+    """UniC: the point predicted at sigma_next, corrected with the model's x0_next there (x, x0 and previous as for
+    the predictor, which made that point)."""
+    if sigma_next == 0.0:
+        return x0
+    step = _UniPCStep.between(sigma, sigma_next)
     if previous is None:
-        difference = 0.0
-    else:
-        x0_prev, sigma_prev = previous
-        ratio = (_log_snr(sigma_prev) - _log_snr(sigma)) / h
-        slope = (x0_prev - x0) / ratio
-        if x0_next is None:
-            difference = 0.5 * slope
-        else:  # solve [[1, 1], [ratio, 1]] @ (rho_prev, rho_next) = (b1, b2)
-            rho_prev = (b1 - b2) / (1.0 - ratio)
-            return base - alpha_next * phi_1 * (rho_prev * slope + (b1 - rho_prev) * (x0_next - x0))
-    if x0_next is not None:
-        difference = difference + 0.5 * (x0_next - x0)
-    return base - alpha_next * phi_1 * difference
+        difference = 0.5 * (x0_next - x0)
+    else:  # solve [[1, 1], [ratio, 1]] @ (rho_prev, rho_next) = (b1, b2)
+        slope, ratio = step.slope(x0, previous)
+        rho_prev = (step.b1 - step.b2) / (1.0 - ratio)
+        difference = rho_prev * slope + (step.b1 - rho_prev) * (x0_next - x0)
+    return step.base(x, x0) - (1.0 - sigma_next) * step.phi_1 * difference
 
 
 @torch.no_grad()
@@ -78,11 +113,11 @@ def sample_unipc(model: Model, x: torch.Tensor, sigmas: list[float], callback: C
         if history:  # correct the point we stepped to with the model output we just paid for
             x0_prev, sigma_prev = history[-1]
             older = history[-2] if last_order == 2 else None
-            x = _unipc_step(x_before, x0_prev, sigma_prev, sigmas[i], older, x0_next=x0)
+            x = _unipc_correct(x_before, x0_prev, sigma_prev, sigmas[i], x0, older)
         last_order = min(2, steps - i, i + 1)
-        _notify(callback, i, x, x0)
+        _notify(callback, i, sigmas, x, x0)
         x_before = x
-        x = _unipc_step(x, x0, sigmas[i], sigmas[i + 1], history[-1] if last_order == 2 else None)
+        x = _unipc_predict(x, x0, sigmas[i], sigmas[i + 1], history[-1] if last_order == 2 else None)
         history = history[-1:] + [(x0, sigmas[i])]
     return x
 

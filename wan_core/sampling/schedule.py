@@ -1,6 +1,8 @@
-"""Flow-matching noise schedule with shift, as Wan 2.1 and diffusers' flow UniPC space it.
+"""Flow-matching noise schedule with shift, spaced as diffusers' flow UniPC or as Wan's reference solvers do.
 
-A sigma is the noise fraction of the flow path x_sigma = (1 - sigma) * x0 + sigma * noise.
+A sigma is the noise fraction of the flow path x_sigma = (1 - sigma) * x0 + sigma * noise. Both spacings are even
+in unshifted time before the shift: diffusers 0.42 (UniPCMultistepScheduler with use_flow_sigmas) from 1 toward
+1/1000, Wan's reference (wan/utils/fm_solvers_unipc.py) from its sigma_max 0.999 toward 0.
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
-def flow_sigmas(steps: int, shift: float) -> torch.Tensor:
-    """[steps + 1] float64 sigmas from ~1 down to 0, evenly spaced in unshifted time, then shifted."""
-    unshifted = torch.linspace(1.0, 1.0 / NUM_TRAIN_TIMESTEPS, steps + 1, dtype=torch.float64)[:-1]
+# unshifted (first, end) of the even spacing; the end itself is dropped, and the list closes with sigma 0
+SPACINGS = {"diffusers": (1.0, 1.0 / NUM_TRAIN_TIMESTEPS), "wan": (1.0 - 1.0 / NUM_TRAIN_TIMESTEPS, 0.0)}
+
+
+def flow_sigmas(steps: int, shift: float, spacing: str = "diffusers") -> torch.Tensor:
+    """[steps + 1] float64 sigmas from ~1 down to 0, evenly spaced in unshifted time (SPACINGS), then shifted."""
+    first, end = SPACINGS[spacing]
+    unshifted = torch.linspace(first, end, steps + 1, dtype=torch.float64)[:-1]
     sigmas = shift_sigma(unshifted, shift)
     sigmas[0] = min(sigmas[0].item(), 1.0 - FIRST_SIGMA_NUDGE)
     return torch.cat([sigmas, sigmas.new_zeros(1)])

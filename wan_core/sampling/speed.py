@@ -1,9 +1,10 @@
-"""Speed settings: the one place where diffusers' and PyTorch's speed features are switched on.
+"""Speed settings: how diffusers' and PyTorch's speed features are checked and switched on.
 
-Two kinds of setting. Model settings (attention backend, compiled blocks) belong to a loaded transformer and stay on
-it from run to run; per-generation settings (the step cache) are on for one generation only. Beside them, model
-offload (its paragraph below) decides where the networks wait between stages; fp8 weight storage is decided when the
-weights are read (precision.py).
+Which setting is on is decided in one place, WanModels.configured (models.py), which calls the switches below and
+knows what is on. Two kinds of setting. Model settings (attention backend, compiled blocks) belong to a loaded
+transformer and stay on it from run to run; per-generation settings (the step cache) are on for one generation
+only. Beside them, model offload (its paragraph below) decides where the networks wait between stages; fp8 weight
+storage is decided when the weights are read (precision.py).
 
 Attention backend: diffusers' attention dispatcher (`ModelMixin.set_attention_backend`), under our short names
 (ATTENTION below). "auto" is diffusers' default: PyTorch's scaled_dot_product_attention, which itself picks the
@@ -40,12 +41,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..adapters import attention_backend_problem, set_model_attention_backend, uncompile
 from ..errors import WanInputError, check_choice
 
 if TYPE_CHECKING:  # diffusers takes seconds to import; the command line reads the choices below without it
     from diffusers import WanTransformer3DModel
-
-    from ..files.loading import WanModels
 
 
 @dataclass(frozen=True)
@@ -80,48 +80,27 @@ def check_model_speed(attention: str, compile: bool, device, dtype: torch.dtype)
         raise WanInputError(f"attention={attention!r} computes in bf16 or fp16 only, not "
                             f"{str(dtype).removeprefix('torch.')}: choose one of those dtypes, or attention 'auto'")
     if backend.diffusers_name is not None:
-        # diffusers' own check (set_attention_backend runs it too): it knows the package versions it supports
-        from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
-
-        try:
-            _check_attention_backend_requirements(AttentionBackendName(backend.diffusers_name))
-        except RuntimeError as error:  # its message names the package to install
-            raise WanInputError(f"attention={attention!r} is not available: {error}") from None
+        problem = attention_backend_problem(backend.diffusers_name)  # diffusers knows the package versions it runs
+        if problem:
+            raise WanInputError(f"attention={attention!r} is not available: {problem}")
 
 
-def apply_model_speed(transformer: WanTransformer3DModel, attention: str = "auto", compile: bool = False,
-                      device=None) -> None:
-    """Put a loaded transformer in the given attention backend and compiled state; what is already so is kept.
-    `device` is the one it will run on (default: where it is now), which may differ while it waits offloaded."""
-    check_model_speed(attention, compile, device or transformer.device, transformer.patch_embedding.weight.dtype)
-    _set_attention(transformer, ATTENTION[attention].diffusers_name)
-    _set_compiled(transformer, compile)
-
-
-def _set_attention(transformer: WanTransformer3DModel, name: str | None):
-    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
-
-    if all(processor._attention_backend == name for processor in transformer.attn_processors.values()):
-        return
+def set_attention(transformer: WanTransformer3DModel, attention: str) -> None:
+    """Put the transformer's attention processors on this backend (checked by check_model_speed)."""
+    name = ATTENTION[attention].diffusers_name
     if name is None:
-        transformer.reset_attention_backend()  # every processor back to None: diffusers' default
-        return
-    default = _AttentionBackendRegistry.get_active_backend()[0]
-    transformer.set_attention_backend(name)
-    # set_attention_backend also makes `name` the process-wide default, which every other diffusers model and a
-    # later "auto" (reset processors fall back to it) would then use; the choice belongs to this model alone
-    _AttentionBackendRegistry.set_active_backend(default)
+        transformer.reset_attention_backend()  # every processor back to diffusers' default
+    else:
+        set_model_attention_backend(transformer, name)
 
 
-def _set_compiled(transformer: WanTransformer3DModel, compile: bool):
-    blocks = transformer.blocks  # the WanTransformerBlocks compile_repeated_blocks compiles
-    # nn.Module.compile() keeps the compiled call in _compiled_call_impl; torch has no public "uncompile"
-    compiled = [block._compiled_call_impl is not None for block in blocks]
-    if compile and not all(compiled):
+def set_compiled(transformer: WanTransformer3DModel, compile: bool) -> None:
+    """Compile each transformer block (regional compilation), or return them to eager mode."""
+    if compile:
         transformer.compile_repeated_blocks()  # not fullgraph: the step cache's and fp8 casting's hooks break graphs
-    elif not compile and any(compiled):
-        for block in blocks:
-            block._compiled_call_impl = None
+    else:
+        for block in transformer.blocks:  # the WanTransformerBlocks compile_repeated_blocks compiles
+            uncompile(block)
 
 
 OFFLOADS = ("none", "model")
@@ -131,19 +110,6 @@ def check_offload(offload: str, device) -> None:
     """Moving networks to a GPU and back needs a GPU: refused on the CPU rather than silently meaning nothing."""
     if check_choice("offload", offload, OFFLOADS) == "model" and torch.device(device).type != "cuda":
         raise WanInputError(f"offload={offload!r} needs a CUDA device, and this runs on {device}: choose 'none'")
-
-
-def model_offload(models: WanModels, names: tuple[str, ...]) -> None:
-    """WanModels.placement for offload "model": the named networks on the compute device, all others on the CPU.
-
-    What diffusers' enable_model_cpu_offload does, but with plain .to() at each stage rather than its accelerate
-    hooks (cpu_offload_with_hook): those move a network at its first forward call and offload the previous one in
-    a fixed chain, while here the pipeline says when each stage starts, and the VAE serves two stages (first frame,
-    decoding) that such a chain orders only once. Networks leave first, so the GPU holds one stage at a time.
-    """
-    networks = models.networks()
-    for name in sorted(networks, key=lambda name: name in names):
-        networks[name].to(models.device if name in names else "cpu")
 
 
 @contextmanager
