@@ -13,6 +13,11 @@ per-step median. Rows are ratios to diffusers' pipeline with its defaults (PyTor
 
     python bench/bench_speed.py [--preset 14b|small] [--size 832*480] [--frames 81] [--steps 4]
                                 [--configs diffusers auto sdpa fp8 compile cache=0.1 sage flash flash3]
+
+Several GPUs: `torchrun --nproc_per_node N bench/bench_speed.py --parallel ulysses|cfg|cfg+ulysses ...` runs the
+wan_core configurations split over the N processes (diffusers' pipeline, which runs whole on every rank, is left
+out); rank 0 prints the table. Seconds per step against one GPU: the same command with --nproc_per_node 1 and no
+--parallel, run right before or after on the same machine.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from diffusers import WanTransformer3DModel
 from PIL import Image
 from reference import reference_pipeline
 
-from wan_core.sampling import pipeline
+from wan_core.sampling import parallel, pipeline
 from wan_core.errors import WanInputError
 from wan_core.files.loading import WAN_HEAD_DIM
 from wan_core.sampling.models import load_models
@@ -124,14 +129,21 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="bf16")
     parser.add_argument("--configs", nargs="+", default=["diffusers", "auto", "fp8", "cache=0.1", "compile"])
+    parser.add_argument("--parallel", choices=parallel.PARALLEL_CHOICES, default="none",
+                        help="under torchrun: split the wan_core configurations over the processes")
     args = parser.parse_args()
     args.width, args.height = map(int, args.size.split("*"))
     dtype = DTYPES[args.dtype]
+    plan = parallel.plan_from_environment(args.parallel)
+    args.device = str(parallel.start(plan, args.device))
+    if plan.world_size > 1:
+        args.configs = [config for config in args.configs if config != "diffusers"]
 
     paths = tiny_model_paths()
     models = load_models(paths["i2v"], paths["vae"], paths["text_encoder"], paths["clip_vision"], dtype=dtype,
                          device=args.device)
     models.transformer = random_transformer(args.preset, args.device, dtype)
+    models.parallel = parallel.ParallelRun(plan, torch.device(args.device)) if plan.world_size > 1 else None
     # fp8 storage rounds the weights and diffusers cannot switch it off again: it runs last
     configs = sorted(args.configs, key=lambda config: config == "fp8")
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8))
@@ -143,12 +155,16 @@ def main():
         except WanInputError as error:  # a kernel this machine lacks: said in the table, the others still run
             results[config] = {"error": str(error)}
         print(f"{config}: {results[config]}", file=sys.stderr, flush=True)
+    parallel.finish(plan)
+    if not plan.writes_output:
+        return
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"device: {device_name}; torch {torch.__version__}, python {platform.python_version()}")
     print(f"command: python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}")
     print(f"workload: {args.preset} I2V transformer, random weights, {args.dtype}; {args.size}, {args.frames} "
-          f"frames, {args.steps} UniPC steps, guidance 5 (two passes a step)")
+          f"frames, {args.steps} UniPC steps, guidance 5 (two passes a step); parallel {args.parallel} over "
+          f"{plan.world_size} process(es)")
     reference = results.get("diffusers", {}).get("step")
     print("| configuration | s/step | vs diffusers | first step (s) | peak GPU memory (GiB) |\n|---|---|---|---|---|")
     for config, result in results.items():

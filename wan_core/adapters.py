@@ -57,3 +57,20 @@ def uncompile(module: torch.nn.Module) -> None:
     """Undo nn.Module.compile(): the module runs eagerly again. torch has no public call for it; compile() keeps
     the compiled callable in _compiled_call_impl, and __call__ uses the plain forward when that is None."""
     module._compiled_call_impl = None
+
+
+def enable_context_parallelism(model, config) -> None:
+    """model.enable_parallelism(config=config), also on a machine without an accelerator (gloo processes on CPUs).
+
+    diffusers 0.42 picks each rank's device as `rank % torch.accelerator.device_count()`, a division by zero where
+    torch sees no accelerator; there every rank computes on the CPU whatever that index, so the count is read as 1
+    for the duration of the call. tests/test_parallel.py says when diffusers no longer needs this."""
+    if torch.accelerator.device_count() > 0:
+        model.enable_parallelism(config=config)
+        return
+    device_count = torch.accelerator.device_count
+    torch.accelerator.device_count = lambda: 1
+    try:
+        model.enable_parallelism(config=config)
+    finally:
+        torch.accelerator.device_count = device_count

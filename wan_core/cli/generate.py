@@ -15,6 +15,8 @@ from ..lora.stack import stack_from_options
 from ..sampling.params import DTYPES, FLOW_SHIFT_AUTO, FLOW_SHIFT_HELP, PARITY_CHOICES, SAMPLER_NAMES, \
     STEP_CACHE_RANGE, SamplingParams, frame_count, parse_size, source_frame_count
 from ..files.precision import WEIGHT_STORAGES
+from ..sampling import parallel
+from ..sampling.parallel import PARALLEL_CHOICES
 from ..sampling.speed import ATTENTION_CHOICES, OFFLOADS, check_model_speed, check_offload
 from ..video_io import DEFAULT_FPS, check_output_path, read_image, read_video, write_video
 
@@ -63,6 +65,10 @@ def _add_common(parser: argparse.ArgumentParser):
                         help="model: keep every network in RAM and move each to the GPU only for its stage (text "
                              "encoder, then CLIP and VAE, then the transformer, then the VAE), so a 14B model runs "
                              "on a 24 GB GPU; needs a CUDA device")
+    parser.add_argument("--parallel", choices=PARALLEL_CHOICES, default="none",
+                        help="under torchrun: split each transformer pass over the processes (ulysses; ring with "
+                             "--attention flash or sage), run the prompt's and the negative prompt's pass on two "
+                             "processes (cfg), or both (cfg+ulysses, cfg+ring with an even count)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, help="default bf16 on a GPU, fp32 on the CPU")
     parser.add_argument("--out", required=True, help="output .mp4")
@@ -105,7 +111,9 @@ def _output_path(args) -> Path:
 
 def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     out = _output_path(args)
+    plan = parallel.plan_from_environment(args.parallel)
     # diffusers and transformers take seconds to import: only the subcommands that generate pay for them
+    from ..files.loading import read_transformer_config
     from ..sampling import conditioning, pipeline
     from ..sampling.models import load_models
     from ..lora.sources import resolve_lora_file
@@ -121,13 +129,20 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
         resolve_lora_file(entry, loras_dir)
     files = resolve_model_files(args.model, task, args.diffusion_model, args.vae, args.text_encoder, args.clip_vision,
                                 tokenizer=args.tokenizer)
+    config = read_transformer_config(files.diffusion_model)
+    parallel.check_plan(plan, config["num_attention_heads"], parallel.latent_tokens(params, config["patch_size"]),
+                        params.guidance_scale, args.attention)
     started = time.perf_counter()
-    models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, args.device,
+    device = parallel.start(plan, args.device)
+    params.seed = parallel.shared_seed(plan, params.seed)
+    models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, device,
                          weight_storage=args.weight_storage, tokenizer=files.tokenizer, offload=args.offload)
+    models.parallel = parallel.ParallelRun(plan, device) if plan.world_size > 1 else None
     with models.configured(loras=loras, loras_dir=loras_dir, attention=args.attention, compile=args.compile,
                            step_cache=args.step_cache), \
-            tqdm(total=params.steps, desc="sampling", unit="step", file=sys.stderr) as bar:
-        if loras:
+            tqdm(total=params.steps, desc="sampling", unit="step", file=sys.stderr,
+                 disable=not plan.writes_output) as bar:
+        if loras and plan.writes_output:
             print(models.lora_report.summary(), file=sys.stderr)
 
         def progress(step):
@@ -136,6 +151,9 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
 
         generate = pipeline.generate_i2v if task == "i2v" else pipeline.generate_v2v
         generation = generate(models, media, params, progress)
+    parallel.finish(plan)
+    if not plan.writes_output:  # every rank holds the same latents: rank 0 decodes and writes them
+        return 0
     frames = conditioning.decode_latents(models, generation.latents)
     write_video(out, frames, DEFAULT_FPS)
     elapsed = time.perf_counter() - started

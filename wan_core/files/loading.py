@@ -113,17 +113,28 @@ def transformer_config(shapes: dict[str, tuple]) -> dict:
     return config
 
 
-def load_transformer(path, dtype=torch.float32, weight_storage: str | None = None) -> WanTransformer3DModel:
-    """The diffusion model from a file or folder in any supported layout; weight_storage "fp8" keeps its
-    Linear/Conv weights in float8_e4m3fn, upcast to `dtype` one layer at a time (see precision.py)."""
-    storage = check_weight_storage(weight_storage)
+def _transformer_layout(path) -> tuple[Checkpoint, dict[str, str], dict]:
+    """The opened diffusion model file, {module name: file key} and the architecture read from its shapes."""
     checkpoint = open_checkpoint(path, "diffusion model")
     _require_component(checkpoint, "a Wan diffusion model")
     if any(key.removeprefix(COMFY_PREFIX) == "head.modulation" for key in checkpoint.shapes):  # original Wan names
         names = diffusers_key_map(convert_wan_transformer_to_diffusers, checkpoint.shapes)  # it drops COMFY_PREFIX
     else:
         names = {key: key for key in checkpoint.shapes}
-    config = transformer_config({new: checkpoint.shapes[old] for new, old in names.items()})
+    return checkpoint, names, transformer_config({new: checkpoint.shapes[old] for new, old in names.items()})
+
+
+def read_transformer_config(path) -> dict:
+    """The diffusion model's WanTransformer3DModel arguments from its tensor shapes alone: no weight is read, so
+    settings that depend on the architecture (heads, patch size) are checked before loading."""
+    return _transformer_layout(path)[2]
+
+
+def load_transformer(path, dtype=torch.float32, weight_storage: str | None = None) -> WanTransformer3DModel:
+    """The diffusion model from a file or folder in any supported layout; weight_storage "fp8" keeps its
+    Linear/Conv weights in float8_e4m3fn, upcast to `dtype` one layer at a time (see precision.py)."""
+    storage = check_weight_storage(weight_storage)
+    checkpoint, names, config = _transformer_layout(path)
     keep_fp32 = keep_in_fp32_modules(WanTransformer3DModel)
     prepare = (lambda module: prepare_fp8_storage(module, dtype)) if storage == "fp8" else None
     return _materialise(WanTransformer3DModel, config, checkpoint, names, dtype, keep_fp32, prepare)

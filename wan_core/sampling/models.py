@@ -37,6 +37,7 @@ from ..files.precision import check_weight_storage
 from ..lora.apply import LoraPatches, LoraReport, set_lora_stack
 from ..lora.stack import LoraStack
 from . import speed
+from .parallel import ParallelRun
 from .params import STEP_CACHE_RANGE
 
 # The networks a stage can ask for (WanModels.use); the tokenizer and image processor run on the CPU.
@@ -51,7 +52,8 @@ class WanModels:
     each stage the pipeline says which networks it runs (`use`); `placement(models, names)` then puts those on the
     compute device (model_offload for --offload model, ComfyUI's memory manager in the nodes). Without one nothing
     moves: the networks stay where they were loaded. One WanModels per loaded transformer: its model state
-    (`lora`, `attention`, `compiled`) describes that transformer.
+    (`lora`, `attention`, `compiled`, `sequence_split`) describes that transformer. `parallel` is this process's
+    part in a multi-process run (parallel.py), None in a single process.
     """
 
     transformer: WanTransformer3DModel
@@ -62,9 +64,11 @@ class WanModels:
     image_processor: CLIPImageProcessorPil | None = None
     device: torch.device | None = None  # None: where the transformer's weights are when the bundle is made
     placement: Callable[[WanModels, tuple[str, ...]], None] | None = None
+    parallel: ParallelRun | None = None
     lora: LoraPatches = field(default_factory=LoraPatches, init=False, repr=False)
     attention: str = field(default="auto", init=False)  # as loaded: diffusers' default
     compiled: bool = field(default=False, init=False)
+    sequence_split: bool = field(default=False, init=False)  # diffusers' context parallelism is on the transformer
     _in_run: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self):
@@ -130,6 +134,9 @@ class WanModels:
         if loras is not None:
             set_lora_stack(self, loras, loras_dir)  # a no-op for the stack already on
         if attention is not None and attention != self.attention:
+            if self.sequence_split:  # diffusers checks the kernel when it splits, and cannot undo the split
+                raise WanInputError(f"attention={attention!r}: the attention kernel of a model split for "
+                                    f"sequence-parallel sampling stays {self.attention!r}")
             try:
                 speed.set_attention(self.transformer, attention)
             except BaseException:  # processors half switched: all back to the default, which is then the truth
@@ -140,6 +147,10 @@ class WanModels:
         if compile is not None and compile != self.compiled:
             speed.set_compiled(self.transformer, compile)  # one attribute per block: nothing half-done to track
             self.compiled = compile
+        if self.parallel is not None and not self.sequence_split:
+            # after the attention kernel: diffusers checks that kernel can split attention, and ring needs its own
+            self.parallel.split_sequence(self.transformer)
+            self.sequence_split = True
 
     def check_compatible(self):
         """Catch mixed-up files before any sampling: text width, VAE channels, a missing CLIP for I2V."""

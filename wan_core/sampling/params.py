@@ -92,6 +92,10 @@ class SamplingParams:
     strength: float = 0.9
     parity: str = "diffusers"  # PARITY_CHOICES; "wan" follows Wan's reference, as the hosted APIs may
 
+    def latent_shape(self, channels: int = 16) -> tuple[int, ...]:
+        """[1, channels, T_lat, H/8, W/8]: the VAE packs 4 frames (after the first) and 8x8 pixels per latent."""
+        return (1, channels, (self.num_frames - 1) // 4 + 1, self.height // 8, self.width // 8)
+
     def __post_init__(self):
         if not isinstance(self.prompt, str):
             raise WanInputError(f"prompt={self.prompt!r} must be text")

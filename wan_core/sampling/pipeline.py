@@ -36,10 +36,6 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
 
 
-def latent_shape(params: SamplingParams, channels: int = 16) -> tuple[int, ...]:
-    return (1, channels, (params.num_frames - 1) // 4 + 1, params.height // 8, params.width // 8)
-
-
 def encode_prompts(models: WanModels, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The prompt's and the negative prompt's embeddings; no negative when guidance 1 skips its pass."""
     positive = conditioning.encode_prompt(models, params.prompt)
@@ -62,10 +58,13 @@ def guided_velocity(models: WanModels, params: SamplingParams, prompts, image_to
     def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
         x_in = x.to(dtype) if condition is None else torch.cat([x.to(dtype), condition], dim=1)
         timestep = torch.full((x.shape[0],), model_timestep(sigma), device=x.device)
-        v_positive = predict(x_in, timestep, positive, "cond")
         if negative is None:
-            return v_positive
-        v_negative = predict(x_in, timestep, negative, "uncond")
+            return predict(x_in, timestep, positive, "cond")
+        passes = (lambda: predict(x_in, timestep, positive, "cond"), lambda: predict(x_in, timestep, negative, "uncond"))
+        if models.parallel is not None and models.parallel.plan.guidance == 2:
+            v_positive, v_negative = models.parallel.guidance_pair(*passes)  # one pass here, one on the paired rank
+        else:
+            v_positive, v_negative = passes[0](), passes[1]()
         return v_negative + params.guidance_scale * (v_positive - v_negative)
 
     return velocity
@@ -95,7 +94,7 @@ def generate_i2v(models: WanModels, image: torch.Tensor, params: SamplingParams,
     image_tokens, condition = _image_conditioning(models, frame, params)
     models.use("transformer")
     velocity = guided_velocity(models, params, prompts, image_tokens, condition)
-    noise = initial_noise(params.seed, latent_shape(params))
+    noise = initial_noise(params.seed, params.latent_shape())
     sigmas = flow_sigmas(params.steps, params.flow_shift, params.parity)
     latents = _sample(models, params, velocity, noise, sigmas, progress)
     return Generation(conditioning.raw_latents(models, latents).cpu(), params.seed)
@@ -114,7 +113,7 @@ def generate_v2v(models: WanModels, video: torch.Tensor, params: SamplingParams,
     models.use("transformer")
     velocity = guided_velocity(models, params, prompts, image_tokens, condition)
     sigmas = flow_sigmas(params.steps, params.flow_shift, params.parity)[strength_start(params.steps, params.strength):]
-    noise = initial_noise(params.seed, latent_shape(params))
+    noise = initial_noise(params.seed, params.latent_shape())
     noisy = (1.0 - sigmas[0].item()) * source.cpu() + sigmas[0].item() * noise
     latents = _sample(models, params, velocity, noisy, sigmas, progress)
     return Generation(conditioning.raw_latents(models, latents).cpu(), params.seed)
