@@ -12,11 +12,12 @@ from tqdm import tqdm
 
 from ..errors import WanInputError, check_range
 from ..lora.stack import stack_from_options
-from ..sampling.params import DTYPES, FLOW_SHIFT_AUTO, FLOW_SHIFT_HELP, PARITY_CHOICES, SAMPLER_NAMES, \
-    STEP_CACHE_RANGE, SamplingParams, frame_count, parse_size, source_frame_count
+from ..sampling.params import CONTEXT_OVERLAP_DEFAULT, DTYPES, FLOW_SHIFT_AUTO, FLOW_SHIFT_HELP, PARITY_CHOICES, \
+    RESOLUTION_AREAS, SAMPLER_NAMES, SIZE_AUTO, STEP_CACHE_RANGE, TRAINED_FRAMES, SamplingParams, auto_size, \
+    frame_count, parse_size, source_frame_count
 from ..files.precision import WEIGHT_STORAGES
 from ..sampling.speed import ATTENTION_CHOICES, OFFLOADS, check_model_speed, check_offload
-from ..video_io import DEFAULT_FPS, check_output_path, read_image, read_video, write_video
+from ..video_io import DEFAULT_FPS, check_output_path, read_image, read_video, resample_to_fps, write_video
 
 
 
@@ -34,10 +35,27 @@ def _add_common(parser: argparse.ArgumentParser):
                              "upcast per layer")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", help="default: Wan 2.1's official negative prompt")
-    parser.add_argument("--size", default="832*480", help="W*H, multiples of 16 from 64 to 1920 (default 832*480)")
+    parser.add_argument("--size", default=SIZE_AUTO,
+                        help="auto (default): the input's aspect ratio at --resolution's pixel area, the picture "
+                             "resized whole; or W*H, multiples of 16 from 64 to 1920, the picture scaled and cropped")
+    parser.add_argument("--resolution", choices=RESOLUTION_AREAS, default="480p",
+                        help="pixel area of --size auto: 480p = 832*480, 720p = 1280*720 (default 480p)")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--duration", type=float, help="seconds at 16 fps (default 5: 81 frames)")
+    length.add_argument("--duration", type=float, help="seconds at 16 fps (default 5: 81 frames); for v2v, "
+                                                      "seconds of the source")
     length.add_argument("--frames", type=int, help="frame count of the form 4n+1")
+    parser.add_argument("--context-frames", type=int, default=TRAINED_FRAMES,
+                        help=f"longer videos are sampled in overlapping windows of at most this many frames, 4n+1 "
+                             f"(default {TRAINED_FRAMES}, the length Wan 2.1 was trained on)")
+    parser.add_argument("--context-overlap", type=int, default=CONTEXT_OVERLAP_DEFAULT,
+                        help=f"frames neighbouring windows share at least, a multiple of 4 (default "
+                             f"{CONTEXT_OVERLAP_DEFAULT})")
+    parser.add_argument("--one-pass", action="store_true",
+                        help="sample all frames in one pass instead of windows: attention cost grows with the "
+                             "square of the length, and past ~81 frames motion may loop")
+    parser.add_argument("--riflex", action="store_true",
+                        help="with --one-pass: RIFLEx, a longer period of one temporal RoPE frequency so that up "
+                             "to ~2x the trained length does not repeat")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--guidance-scale", type=float, default=5.0)
     parser.add_argument("--flow-shift", type=float, default=FLOW_SHIFT_AUTO, help=f"1-20; {FLOW_SHIFT_HELP}")
@@ -86,12 +104,17 @@ def add_parsers(subparsers):
     tiny.set_defaults(run=run_tiny_models)
 
 
-def _params(args, num_frames: int, **extra) -> SamplingParams:
-    width, height = parse_size(args.size, "--size")
+def _params(args, num_frames: int, media: torch.Tensor, **extra) -> SamplingParams:
+    """media [T, H, W, 3]: the picture or source video whose aspect ratio --size auto keeps."""
+    if args.size.strip().lower() == SIZE_AUTO:
+        (width, height), fit = auto_size(media.shape[2], media.shape[1], args.resolution), "resize"
+    else:
+        (width, height), fit = parse_size(args.size, "--size"), "crop"
     return SamplingParams(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height, num_frames=num_frames,
         steps=args.steps, guidance_scale=args.guidance_scale, flow_shift=args.flow_shift, seed=args.seed,
-        sampler=args.sampler, parity=args.parity, **extra,
+        sampler=args.sampler, parity=args.parity, fit=fit, context_frames=args.context_frames,
+        context_overlap=args.context_overlap, one_pass=args.one_pass, riflex=args.riflex, **extra,
     )
 
 
@@ -145,18 +168,20 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
 
 
 def run_i2v(args) -> int:
-    params = _params(args, frame_count(args.duration, args.frames))
-    return _run(args, "i2v", read_image(args.image, name="--image"), params)
+    image = read_image(args.image, name="--image")
+    return _run(args, "i2v", image, _params(args, frame_count(args.duration, args.frames), image))
 
 
 def run_v2v(args) -> int:
-    video, _fps = read_video(args.video, name="--video")
+    """The source is first brought to 16 fps by time, so --duration counts its seconds and the output plays at
+    its speed; a shorter source gives what it has."""
+    video, fps = read_video(args.video, name="--video")
+    video = resample_to_fps(video, fps)
     wanted = frame_count(args.duration, args.frames) if args.duration or args.frames else None
-    num_frames = wanted or source_frame_count(video.shape[0])
-    if num_frames > video.shape[0]:
-        raise WanInputError(f"the source video {args.video!r} has {video.shape[0]} frames: fewer than the "
-                            f"{num_frames} asked for; ask for at most {source_frame_count(video.shape[0])}")
-    return _run(args, "v2v", video, _params(args, num_frames, strength=args.strength))
+    num_frames, note = source_frame_count(video.shape[0], wanted)
+    if note:
+        print(f"note: --video={args.video!r}: {note}", file=sys.stderr)
+    return _run(args, "v2v", video, _params(args, num_frames, video, strength=args.strength))
 
 
 def run_tiny_models(args) -> int:
