@@ -35,6 +35,11 @@ def _add_common(parser: argparse.ArgumentParser):
                              "upcast per layer")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", help="default: Wan 2.1's official negative prompt")
+    parser.add_argument("--prompt-extend", action="store_true",
+                        help="rewrite the prompt into a detailed one with a local instruct model (printed) before "
+                             "sampling; the model comes from --prompt-extend-model, else MODELS_DIR/LLM/")
+    parser.add_argument("--prompt-extend-model", metavar="PATH",
+                        help="a transformers chat model folder (e.g. Qwen2.5-1.5B-Instruct), or a folder of them")
     parser.add_argument("--size", default=SIZE_AUTO,
                         help="auto (default): the input's aspect ratio at --resolution's pixel area, the picture "
                              "resized whole; or W*H, multiples of 16 from 64 to 1920, the picture scaled and cropped")
@@ -99,7 +104,8 @@ def add_parsers(subparsers):
     v2v.add_argument("--strength", type=float, default=0.9, help="0.1-1.0: how much of the source is re-imagined")
     _add_common(v2v)
     v2v.set_defaults(run=run_v2v)
-    tiny = subparsers.add_parser("tiny-models", help="write the tiny model files and LoRAs into a ComfyUI models folder")
+    tiny = subparsers.add_parser("tiny-models", help="write the tiny model files, LoRAs and prompt-extension LLM "
+                                                     "into a ComfyUI models folder")
     tiny.add_argument("--models-dir", required=True)
     tiny.set_defaults(run=run_tiny_models)
 
@@ -126,8 +132,42 @@ def _output_path(args) -> Path:
     return check_output_path(args.out, "--out", inputs)
 
 
+def _prompt_extend_model(args) -> Path | None:
+    """The prompt-extension model folder, found before any model loads; None without --prompt-extend."""
+    from ..prompt_extend import LLM_FOLDER, find_llm, missing_model_error
+    from ..tiny import tiny_llm_path
+
+    if not args.prompt_extend:
+        if args.prompt_extend_model:
+            raise WanInputError("--prompt-extend-model is given without --prompt-extend: add --prompt-extend")
+        return None
+    if args.prompt_extend_model:
+        return find_llm(args.prompt_extend_model)
+    if args.model == "tiny":
+        return tiny_llm_path()
+    if not args.model:
+        raise missing_model_error("no --model folder or --prompt-extend-model was given")
+    return find_llm(Path(args.model) / LLM_FOLDER)
+
+
+def _extended(args, params: SamplingParams, llm: Path | None) -> SamplingParams:
+    """params with the prompt rewritten by the local model (printed), seeded by the run's seed."""
+    if llm is None:
+        return params
+    from dataclasses import replace
+
+    from ..prompt_extend import PromptExtender
+
+    extender = PromptExtender.load(llm)
+    prompt = extender.extend(params.prompt, params.seed)
+    del extender  # the language model leaves memory before Wan's models load
+    print(f"extended prompt: {prompt}")
+    return replace(params, prompt=prompt)
+
+
 def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     out = _output_path(args)
+    llm = _prompt_extend_model(args)
     # diffusers and transformers take seconds to import: only the subcommands that generate pay for them
     from ..sampling import conditioning, pipeline
     from ..sampling.models import load_models
@@ -145,6 +185,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     files = resolve_model_files(args.model, task, args.diffusion_model, args.vae, args.text_encoder, args.clip_vision,
                                 tokenizer=args.tokenizer)
     started = time.perf_counter()
+    params = _extended(args, params, llm)
     models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, args.device,
                          weight_storage=args.weight_storage, tokenizer=files.tokenizer, offload=args.offload)
     with models.configured(loras=loras, loras_dir=loras_dir, attention=args.attention, compile=args.compile,
@@ -185,10 +226,11 @@ def run_v2v(args) -> int:
 
 
 def run_tiny_models(args) -> int:
-    from ..tiny import TINY_LORA_FILES, write_tiny_lora, write_tiny_models
+    from ..tiny import TINY_LLM_FOLDER, TINY_LORA_FILES, write_tiny_llm, write_tiny_lora, write_tiny_models
 
     paths = list(write_tiny_models(args.models_dir).values())
     paths += [write_tiny_lora(Path(args.models_dir) / name, model) for model, name in TINY_LORA_FILES.items()]
+    paths.append(write_tiny_llm(Path(args.models_dir) / TINY_LLM_FOLDER))
     for path in paths:
         print(path)
     return 0
