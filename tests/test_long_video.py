@@ -59,6 +59,8 @@ def test_riflex_changes_one_temporal_frequency_for_the_run_only(tiny_i2v):
         assert changed == [10, 11]  # frequency 6 of the temporal block, in its two columns
         assert rope.freqs_sin[7, 10].item() == pytest.approx(math.sin(7 * riflex_frequency(41)))
     assert torch.equal(rope.freqs_cos, before[0]) and torch.equal(rope.freqs_sin, before[1])
+    with riflex(tiny_i2v.transformer, 21):  # the trained length: nothing to stretch
+        assert torch.equal(rope.freqs_cos, before[0])
 
 
 def test_ten_seconds_on_the_command_line_give_161_frames(tiny_cache, tmp_path):

@@ -20,6 +20,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from .params import TRAINED_FRAMES
+
 # velocity(x [1, C, T_window, h, w], sigma, frames: slice of the whole latent's T) -> velocity shaped like x
 WindowVelocity = Callable[[torch.Tensor, float, slice], torch.Tensor]
 
@@ -80,6 +82,14 @@ def windowed(velocity: WindowVelocity, total: int, length: int, overlap: int) ->
     return blended
 
 
+def context_velocity(velocity: WindowVelocity, params, total: int):
+    """The sampler's model for a run of `total` latent frames with these SamplingParams: the context windows'
+    blend past params.context_frames (unless one pass), else the velocity itself."""
+    if not params.windowed:
+        return velocity
+    return windowed(velocity, total, latent_frames(params.context_frames), params.context_overlap // 4)
+
+
 def riflex_frequency(latent_count: int) -> float:
     """theta_k = 0.9 * 2 pi / L': one period spans the whole video with 10% to spare."""
     return 0.9 * 2.0 * math.pi / latent_count
@@ -91,7 +101,11 @@ def riflex(transformer, latent_count: int, index: int = RIFLEX_INDEX) -> Iterato
 
     diffusers' WanRotaryPosEmbed keeps cos and sin tables [max_seq_len, head_dim] with the temporal part first
     (t_dim columns, each frequency in two adjacent columns); those two columns are rewritten for every position and
-    put back on exit, as the model is shared with later runs."""
+    put back on exit, as the model is shared with later runs. Up to the trained length nothing changes: there the
+    model's own frequencies already fit."""
+    if latent_count <= latent_frames(TRAINED_FRAMES):
+        yield
+        return
     rope = transformer.rope
     if 2 * index > rope.t_dim:
         raise ValueError(f"RIFLEx index {index} is beyond this model's {rope.t_dim // 2} temporal RoPE frequencies")

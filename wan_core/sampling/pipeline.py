@@ -17,7 +17,7 @@ import torch
 
 from . import conditioning, speed
 from ..errors import WanInputError
-from .long_video import latent_frames, riflex, windowed
+from .long_video import context_velocity, riflex
 from .models import WanModels
 from .params import SamplingParams
 from .samplers import SAMPLERS, SamplerStep
@@ -80,10 +80,8 @@ def guided_velocity(models: WanModels, params: SamplingParams, prompts, image_to
 
 def _sample(models, params, velocity, x, sigmas, progress: Progress) -> torch.Tensor:
     """x [1, 16, T_lat, h, w]; past params.context_frames, the velocity is blended from context windows."""
-    total = x.shape[2]
-    if params.windowed:
-        velocity = windowed(velocity, total, latent_frames(params.context_frames), params.context_overlap // 4)
-    with riflex(models.transformer, total) if params.riflex else nullcontext():
+    velocity = context_velocity(velocity, params, x.shape[2])
+    with riflex(models.transformer, x.shape[2]) if params.riflex else nullcontext():
         return SAMPLERS[params.sampler](velocity, x.to(models.device), sigmas.tolist(), progress)
 
 
