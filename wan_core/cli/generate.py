@@ -165,7 +165,8 @@ def _extended(args, params: SamplingParams, llm: Path | None) -> SamplingParams:
     return replace(params, prompt=prompt)
 
 
-def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
+def _run(args, task: str, media: torch.Tensor, params: SamplingParams, note: str | None = None) -> int:
+    """note: said once every input is checked, before the work starts (e.g. a source shorter than asked)."""
     out = _output_path(args)
     llm = _prompt_extend_model(args)
     # diffusers and transformers take seconds to import: only the subcommands that generate pay for them
@@ -184,6 +185,8 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
         resolve_lora_file(entry, loras_dir)
     files = resolve_model_files(args.model, task, args.diffusion_model, args.vae, args.text_encoder, args.clip_vision,
                                 tokenizer=args.tokenizer)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     started = time.perf_counter()
     params = _extended(args, params, llm)
     models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, args.device,
@@ -220,9 +223,8 @@ def run_v2v(args) -> int:
     video = resample_to_fps(video, fps)
     wanted = frame_count(args.duration, args.frames) if args.duration or args.frames else None
     num_frames, note = source_frame_count(video.shape[0], wanted)
-    if note:
-        print(f"note: --video={args.video!r}: {note}", file=sys.stderr)
-    return _run(args, "v2v", video, _params(args, num_frames, video, strength=args.strength))
+    note = note and f"--video={args.video!r}: {note}"
+    return _run(args, "v2v", video, _params(args, num_frames, video, strength=args.strength), note)
 
 
 def run_tiny_models(args) -> int:
