@@ -14,17 +14,20 @@ from comfy_api.v0_0_2 import io
 
 from ..wan_core.sampling.params import FLOW_SHIFT_AUTO, FLOW_SHIFT_HELP, SEED_RANGE, WAN_NEGATIVE_PROMPT
 from ..wan_core.remote import PROVIDERS, RemoteCancelled, RemoteRequest, WaitSettings, run_remote
-from ..wan_core.remote.request import SIZE_RESOLUTIONS, TASK_MEDIA
+from ..wan_core.remote.request import SIZE_RESOLUTIONS, TASK_MEDIA, hosted_size
 from ..wan_core.video_io import DEFAULT_FPS
 from .comfy_bridge import CATEGORY, WanLorasType
 
 PROVIDER_DEFAULT = "provider default"
+AUTO_SIZES = ("auto 480p", "auto 720p")  # the resolution's size in the picture's orientation (hosted_size)
 
 
 def _request(task, prompt, negative_prompt, size, duration, steps, guidance, flow_shift, seed, strength, fast,
              safety_checker, prompt_extend, image=None, image_url="", video=None, video_url="", video_fps=DEFAULT_FPS,
              loras=None) -> RemoteRequest:
     """Widget values in RemoteRequest's words: the 'provider default' choices become None (left to the provider)."""
+    if size in AUTO_SIZES:
+        size = hosted_size(task, size.split()[-1], image if task == "i2v" else video)
     return RemoteRequest(
         task=task, prompt=prompt, negative_prompt=negative_prompt, size=None if size == PROVIDER_DEFAULT else size,
         duration=duration, steps=steps, guidance_scale=guidance, seed=seed,
@@ -51,9 +54,11 @@ class RemoteWanAPI(io.ComfyNode):
                 io.String.Input("negative_prompt", multiline=True, default="",
                                 tooltip=f"What to avoid; empty uses the provider's default. Wan's own is: "
                                         f"{WAN_NEGATIVE_PROMPT[:40]}..."),
-                io.Combo.Input("size", options=[PROVIDER_DEFAULT, *SIZE_RESOLUTIONS], default=PROVIDER_DEFAULT,
+                io.Combo.Input("size", options=[PROVIDER_DEFAULT, *AUTO_SIZES, *SIZE_RESOLUTIONS],
+                               default=PROVIDER_DEFAULT,
                                tooltip="Output size; it also picks the 480p or 720p model. The provider's default "
-                                       "is 480p."),
+                                       "is 480p. auto: that resolution's size in the picture's orientation; the "
+                                       "providers keep the picture's aspect ratio at its area."),
                 io.Int.Input("duration", default=5, min=5, max=10, step=5, tooltip="Seconds of video: 5 or 10."),
                 io.Int.Input("steps", default=30, min=1, max=40, tooltip="Sampling steps (not on GMI)."),
                 io.Float.Input("guidance", default=5.0, min=0.0, max=20.0, step=0.1,

@@ -15,8 +15,9 @@ from wan_core.cli.main import main as cli_main
 from wan_core.video_io import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
-NODE_IDS = ("LoadWanModel", "WanLoRAStack", "WanI2VSampler", "WanV2VSampler", "WanVAEDecode", "RemoteWanAPI")
-SMALL = {"width": 80, "height": 64, "frames": 9, "steps": 2}
+NODE_IDS = ("LoadWanModel", "WanLoRAStack", "WanPromptExtend", "WanI2VSampler", "WanV2VSampler", "WanVAEDecode",
+            "RemoteWanAPI")
+SMALL = {"resolution": "custom", "width": 80, "height": 64, "frames": 9, "steps": 2}
 
 
 def tiny_workflow(name: str) -> dict:
@@ -49,7 +50,7 @@ def error_message(entry: dict) -> str:
     return " ".join(json.dumps(data) for kind, data in entry["status"]["messages"] if kind == "execution_error")
 
 
-def test_the_six_nodes_register_with_tooltips_and_no_import_error(comfy):
+def test_the_nodes_register_with_tooltips_and_no_import_error(comfy):
     info = comfy.get("/object_info")
     for node_id in NODE_IDS:
         assert info[node_id]["category"] == "WanFlow"
@@ -91,6 +92,25 @@ def test_i2v_workflow_writes_the_video_and_reuses_the_loaded_model(comfy):
 
 def cached_nodes(entry: dict) -> list[str]:
     return [node for kind, data in entry["status"]["messages"] if kind == "execution_cached" for node in data["nodes"]]
+
+
+def test_prompt_extend_node_feeds_the_sampler_and_shows_its_prompt(comfy):
+    """The tiny LLM that tiny-models wrote into models/LLM, registered as ComfyUI's LLM folder."""
+    info = comfy.get("/object_info")["WanPromptExtend"]
+    assert info["input"]["required"]["model"][1]["options"] == ["wan_tiny_prompt_llm"]
+    workflow = tiny_workflow("wan21_i2v_480p")
+    sampler = node_of(workflow, "WanI2VSampler")
+    workflow["40"] = {"class_type": "WanPromptExtend", "inputs": {
+        "prompt": "a valley", "model": "wan_tiny_prompt_llm", "seed": 5, "max_new_tokens": 24}}
+    workflow[sampler]["inputs"]["prompt"] = ["40", 0]
+    entry = comfy.run(workflow)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (shown,) = entry["outputs"]["40"]["text"]
+    assert shown and shown != "a valley"
+    workflow["40"]["inputs"]["model"] = "absent_llm"
+    response = comfy.post_prompt(workflow)
+    assert response.status_code == 400 and "'absent_llm' is not a model folder" in response.text
+    assert "Qwen2.5-1.5B-Instruct" in response.text
 
 
 def test_v2v_lora_workflow_writes_the_video(comfy):

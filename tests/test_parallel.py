@@ -78,12 +78,12 @@ def _environ(world_size: int) -> dict:
 
 
 @pytest.mark.parametrize("mode, world_size, heads, tokens, guidance, attention, words", [
-    ("ulysses", 3, 40, 32760, 5.0, "auto", "must divide the model's 40 attention heads"),
-    ("ulysses", 2, 12, 1261, 5.0, "auto", "do not split into 2 equal parts"),
-    ("cfg", 2, 40, 32760, 1.0, "auto", "guidance 1 runs no negative pass"),
-    ("ring", 2, 40, 32760, 5.0, "sdpa", "not --attention sdpa"),
-    ("cfg+ulysses", 8, 40, 32760, 5.0, "auto", None),  # 2 guidance groups of 4: 40 heads split 4 ways
-    ("cfg+ulysses", 6, 40, 32760, 5.0, "auto", "must divide the model's 40 attention heads"),
+    ("ulysses", 3, 40, [32760], 5.0, "auto", "must divide the model's 40 attention heads"),
+    ("ulysses", 2, 12, [1260, 1261], 5.0, "auto", "1261 tokens per pass do not split into 2 equal parts"),
+    ("cfg", 2, 40, [32760], 1.0, "auto", "guidance 1 runs no negative pass"),
+    ("ring", 2, 40, [32760], 5.0, "sdpa", "not --attention sdpa"),
+    ("cfg+ulysses", 8, 40, [32760], 5.0, "auto", None),  # 2 guidance groups of 4: 40 heads split 4 ways
+    ("cfg+ulysses", 6, 40, [32760], 5.0, "auto", "must divide the model's 40 attention heads"),
 ])
 def test_split_checked_against_the_model(mode, world_size, heads, tokens, guidance, attention, words):
     plan = plan_from_environment(mode, _environ(world_size))

@@ -140,6 +140,17 @@ def test_provider_options_reach_the_provider(serve, capfd, image_file, tmp_path)
     assert submit.json["payload"]["video_length"] == 10 and submit.json["payload"]["prompt_extend"] is True
 
 
+def test_a_resolution_sends_its_size_in_the_pictures_orientation(serve, capfd, tmp_path):
+    portrait = tmp_path / "portrait.png"
+    Image.new("RGB", (48, 64), (10, 20, 30)).save(portrait)
+    standin = serve("wavespeed")
+    completed = run_main(capfd, "wavespeed", "i2v", "--image", str(portrait), "--prompt", "a cat", "--resolution",
+                         "720p", "--out", str(tmp_path / "cat.mp4"), *QUICK)
+    assert completed.returncode == 0, completed.stderr
+    (submit,) = standin.calls("submit")
+    assert submit.path.endswith("/i2v-720p") and submit.json["size"] == "720*1280"
+
+
 @pytest.mark.parametrize(
     "provider, args, words",
     [

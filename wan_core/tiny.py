@@ -29,6 +29,7 @@ TINY_FILES = {
     "text_encoder": ("text_encoders", "umt5_tiny.safetensors"),
     "clip_vision": ("clip_vision", "clip_vision_tiny.safetensors"),
 }
+TINY_LLM_FOLDER = "LLM/wan_tiny_prompt_llm"  # a tiny random Qwen2 chat model for prompt extension
 TINY_LORA_FILES = {"i2v": "loras/wan21_tiny_i2v_lora.safetensors", "t2v": "loras/wan21_tiny_t2v_lora.safetensors"}
 # Text the tiny tokenizer learns its pieces from: prompt words in English and Chinese, like Wan's own prompts.
 TOKENIZER_CORPUS = """a cat walks on the grass in the sun, the camera pans slowly to the left
@@ -177,3 +178,54 @@ def write_tiny_lora(path, model: str = "i2v", rank: int = 4, seed: int = 0) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tiny_lora_state(model, rank, seed), str(path), metadata={"format": "pt"})
     return path
+
+
+# ---- a tiny prompt-extension LLM ------------------------------------------------------------------------------
+
+# ChatML, the format of Qwen2.5's chat template: the messages in turn, then the assistant's turn opened
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
+    "'\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LLM_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def tiny_llm_tokenizer():
+    """A byte-level BPE tokenizer with Qwen's chat tokens, trained on the tiny corpus and the system prompt."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .prompt_extend import SYSTEM_PROMPT
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=LLM_SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([*TOKENIZER_CORPUS.splitlines(), *SYSTEM_PROMPT.splitlines()], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=CHATML_TEMPLATE)
+
+
+def write_tiny_llm(folder) -> Path:
+    """A tiny random Qwen2 chat model (the architecture of Qwen2.5-Instruct) with its tokenizer, as a folder like
+    one a user downloads into models/LLM; its answers are random words, for testing the whole path."""
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    folder = Path(folder)
+    tokenizer = tiny_llm_tokenizer()
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=True)
+    model = _seeded(lambda: Qwen2ForCausalLM(config), offset=6)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_llm_path(cache_dir=None) -> Path:
+    """The tiny prompt-extension model, written once into the tiny model cache."""
+    folder = Path(cache_dir or wanflow_cache_dir()) / "tiny" / TINY_LLM_FOLDER
+    return folder if (folder / "config.json").is_file() else write_tiny_llm(folder)

@@ -5,6 +5,7 @@ Frames everywhere are float32 tensors [T, H, W, 3] in 0..1: ComfyUI's IMAGE layo
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from contextlib import contextmanager
@@ -77,6 +78,20 @@ def read_video(path, name: str = "video") -> tuple[torch.Tensor, float]:
     if not frames:
         raise WanInputError(f"{name}={str(path)!r} has no frames")
     return torch.from_numpy(np.stack(frames)).float() / 255.0, fps
+
+
+def resample_to_fps(frames: torch.Tensor, fps: float, target_fps: float = DEFAULT_FPS) -> torch.Tensor:
+    """[T, H, W, 3] at fps -> [T', H, W, 3] at target_fps covering the same time, T' = floor(T * target / fps):
+    each output frame is the source frame on screen at its moment (no blending), so 5 s of a 30 fps source become
+    5 s at 16 fps and play at the source's speed. A source at target_fps is returned as it is."""
+    if not fps > 0:
+        raise WanInputError(f"fps={fps!r} is not a frame rate: give a positive number of frames per second")
+    if abs(fps - target_fps) < 1e-6:
+        return frames
+    count = max(1, math.floor(frames.shape[0] * target_fps / fps + 1e-9))
+    # frame i is shown at i / target_fps s; the source frame then on screen is floor(i * fps / target_fps)
+    picks = (torch.arange(count, dtype=torch.float64) * fps / target_fps + 1e-9).floor().long()
+    return frames[picks.clamp(max=frames.shape[0] - 1)]
 
 
 def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:

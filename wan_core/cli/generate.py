@@ -12,13 +12,14 @@ from tqdm import tqdm
 
 from ..errors import WanInputError, check_range
 from ..lora.stack import stack_from_options
-from ..sampling.params import DTYPES, FLOW_SHIFT_AUTO, FLOW_SHIFT_HELP, PARITY_CHOICES, SAMPLER_NAMES, \
-    STEP_CACHE_RANGE, SamplingParams, frame_count, parse_size, source_frame_count
+from ..sampling.params import CONTEXT_OVERLAP_DEFAULT, DTYPES, FLOW_SHIFT_AUTO, FLOW_SHIFT_HELP, PARITY_CHOICES, \
+    RESOLUTION_AREAS, SAMPLER_NAMES, SIZE_AUTO, STEP_CACHE_RANGE, TRAINED_FRAMES, SamplingParams, auto_size, \
+    frame_count, parse_size, source_frame_count
 from ..files.precision import WEIGHT_STORAGES
 from ..sampling import parallel
 from ..sampling.parallel import PARALLEL_CHOICES
 from ..sampling.speed import ATTENTION_CHOICES, OFFLOADS, check_model_speed, check_offload
-from ..video_io import DEFAULT_FPS, check_output_path, read_image, read_video, write_video
+from ..video_io import DEFAULT_FPS, check_output_path, read_image, read_video, resample_to_fps, write_video
 
 
 
@@ -36,10 +37,32 @@ def _add_common(parser: argparse.ArgumentParser):
                              "upcast per layer")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", help="default: Wan 2.1's official negative prompt")
-    parser.add_argument("--size", default="832*480", help="W*H, multiples of 16 from 64 to 1920 (default 832*480)")
+    parser.add_argument("--prompt-extend", action="store_true",
+                        help="rewrite the prompt into a detailed one with a local instruct model (printed) before "
+                             "sampling; the model comes from --prompt-extend-model, else MODELS_DIR/LLM/")
+    parser.add_argument("--prompt-extend-model", metavar="PATH",
+                        help="a transformers chat model folder (e.g. Qwen2.5-1.5B-Instruct), or a folder of them")
+    parser.add_argument("--size", default=SIZE_AUTO,
+                        help="auto (default): the input's aspect ratio at --resolution's pixel area, the picture "
+                             "resized whole; or W*H, multiples of 16 from 64 to 1920, the picture scaled and cropped")
+    parser.add_argument("--resolution", choices=RESOLUTION_AREAS, default="480p",
+                        help="pixel area of --size auto: 480p = 832*480, 720p = 1280*720 (default 480p)")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--duration", type=float, help="seconds at 16 fps (default 5: 81 frames)")
+    length.add_argument("--duration", type=float, help="seconds at 16 fps (default 5: 81 frames); for v2v, "
+                                                      "seconds of the source")
     length.add_argument("--frames", type=int, help="frame count of the form 4n+1")
+    parser.add_argument("--context-frames", type=int, default=TRAINED_FRAMES,
+                        help=f"longer videos are sampled in overlapping windows of at most this many frames, 4n+1 "
+                             f"(default {TRAINED_FRAMES}, the length Wan 2.1 was trained on)")
+    parser.add_argument("--context-overlap", type=int, default=CONTEXT_OVERLAP_DEFAULT,
+                        help=f"frames neighbouring windows share at least, a multiple of 4 (default "
+                             f"{CONTEXT_OVERLAP_DEFAULT})")
+    parser.add_argument("--one-pass", action="store_true",
+                        help="sample all frames in one pass instead of windows: attention cost grows with the "
+                             "square of the length, and past ~81 frames motion may loop")
+    parser.add_argument("--riflex", action="store_true",
+                        help="with --one-pass: RIFLEx, a longer period of one temporal RoPE frequency so that up "
+                             "to ~2x the trained length does not repeat")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--guidance-scale", type=float, default=5.0)
     parser.add_argument("--flow-shift", type=float, default=FLOW_SHIFT_AUTO, help=f"1-20; {FLOW_SHIFT_HELP}")
@@ -87,17 +110,23 @@ def add_parsers(subparsers):
     v2v.add_argument("--strength", type=float, default=0.9, help="0.1-1.0: how much of the source is re-imagined")
     _add_common(v2v)
     v2v.set_defaults(run=run_v2v)
-    tiny = subparsers.add_parser("tiny-models", help="write the tiny model files and LoRAs into a ComfyUI models folder")
+    tiny = subparsers.add_parser("tiny-models", help="write the tiny model files, LoRAs and prompt-extension LLM "
+                                                     "into a ComfyUI models folder")
     tiny.add_argument("--models-dir", required=True)
     tiny.set_defaults(run=run_tiny_models)
 
 
-def _params(args, num_frames: int, **extra) -> SamplingParams:
-    width, height = parse_size(args.size, "--size")
+def _params(args, num_frames: int, media: torch.Tensor, **extra) -> SamplingParams:
+    """media [T, H, W, 3]: the picture or source video whose aspect ratio --size auto keeps."""
+    if args.size.strip().lower() == SIZE_AUTO:
+        (width, height), fit = auto_size(media.shape[2], media.shape[1], args.resolution), "resize"
+    else:
+        (width, height), fit = parse_size(args.size, "--size"), "crop"
     return SamplingParams(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height, num_frames=num_frames,
         steps=args.steps, guidance_scale=args.guidance_scale, flow_shift=args.flow_shift, seed=args.seed,
-        sampler=args.sampler, parity=args.parity, **extra,
+        sampler=args.sampler, parity=args.parity, fit=fit, context_frames=args.context_frames,
+        context_overlap=args.context_overlap, one_pass=args.one_pass, riflex=args.riflex, **extra,
     )
 
 
@@ -109,9 +138,44 @@ def _output_path(args) -> Path:
     return check_output_path(args.out, "--out", inputs)
 
 
-def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
+def _prompt_extend_model(args) -> Path | None:
+    """The prompt-extension model folder, found before any model loads; None without --prompt-extend."""
+    from ..prompt_extend import LLM_FOLDER, find_llm, missing_model_error
+    from ..tiny import tiny_llm_path
+
+    if not args.prompt_extend:
+        if args.prompt_extend_model:
+            raise WanInputError("--prompt-extend-model is given without --prompt-extend: add --prompt-extend")
+        return None
+    if args.prompt_extend_model:
+        return find_llm(args.prompt_extend_model)
+    if args.model == "tiny":
+        return tiny_llm_path()
+    if not args.model:
+        raise missing_model_error("no --model folder or --prompt-extend-model was given")
+    return find_llm(Path(args.model) / LLM_FOLDER)
+
+
+def _extended(args, params: SamplingParams, llm: Path | None) -> SamplingParams:
+    """params with the prompt rewritten by the local model (printed), seeded by the run's seed."""
+    if llm is None:
+        return params
+    from dataclasses import replace
+
+    from ..prompt_extend import PromptExtender
+
+    extender = PromptExtender.load(llm)
+    prompt = extender.extend(params.prompt, params.seed)
+    del extender  # the language model leaves memory before Wan's models load
+    print(f"extended prompt: {prompt}")
+    return replace(params, prompt=prompt)
+
+
+def _run(args, task: str, media: torch.Tensor, params: SamplingParams, note: str | None = None) -> int:
+    """note: said once every input is checked, before the work starts (e.g. a source shorter than asked)."""
     out = _output_path(args)
     plan = parallel.plan_from_environment(args.parallel)
+    llm = _prompt_extend_model(args)
     # diffusers and transformers take seconds to import: only the subcommands that generate pay for them
     from ..files.loading import read_transformer_config
     from ..sampling import conditioning, pipeline
@@ -130,11 +194,14 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     files = resolve_model_files(args.model, task, args.diffusion_model, args.vae, args.text_encoder, args.clip_vision,
                                 tokenizer=args.tokenizer)
     config = read_transformer_config(files.diffusion_model)
-    parallel.check_plan(plan, config["num_attention_heads"], parallel.latent_tokens(params, config["patch_size"]),
+    parallel.check_plan(plan, config["num_attention_heads"], parallel.pass_tokens(params, config["patch_size"]),
                         params.guidance_scale, args.attention)
+    if note and plan.writes_output:
+        print(f"note: {note}", file=sys.stderr)
     started = time.perf_counter()
     device = parallel.start(plan, args.device)
     params.seed = parallel.shared_seed(plan, params.seed)
+    params = _extended(args, params, llm)
     models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, device,
                          weight_storage=args.weight_storage, tokenizer=files.tokenizer, offload=args.offload)
     models.parallel = parallel.ParallelRun(plan, device) if plan.world_size > 1 else None
@@ -163,25 +230,27 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
 
 
 def run_i2v(args) -> int:
-    params = _params(args, frame_count(args.duration, args.frames))
-    return _run(args, "i2v", read_image(args.image, name="--image"), params)
+    image = read_image(args.image, name="--image")
+    return _run(args, "i2v", image, _params(args, frame_count(args.duration, args.frames), image))
 
 
 def run_v2v(args) -> int:
-    video, _fps = read_video(args.video, name="--video")
+    """The source is first brought to 16 fps by time, so --duration counts its seconds and the output plays at
+    its speed; a shorter source gives what it has."""
+    video, fps = read_video(args.video, name="--video")
+    video = resample_to_fps(video, fps)
     wanted = frame_count(args.duration, args.frames) if args.duration or args.frames else None
-    num_frames = wanted or source_frame_count(video.shape[0])
-    if num_frames > video.shape[0]:
-        raise WanInputError(f"the source video {args.video!r} has {video.shape[0]} frames: fewer than the "
-                            f"{num_frames} asked for; ask for at most {source_frame_count(video.shape[0])}")
-    return _run(args, "v2v", video, _params(args, num_frames, strength=args.strength))
+    num_frames, note = source_frame_count(video.shape[0], wanted)
+    note = note and f"--video={args.video!r}: {note}"
+    return _run(args, "v2v", video, _params(args, num_frames, video, strength=args.strength), note)
 
 
 def run_tiny_models(args) -> int:
-    from ..tiny import TINY_LORA_FILES, write_tiny_lora, write_tiny_models
+    from ..tiny import TINY_LLM_FOLDER, TINY_LORA_FILES, write_tiny_llm, write_tiny_lora, write_tiny_models
 
     paths = list(write_tiny_models(args.models_dir).values())
     paths += [write_tiny_lora(Path(args.models_dir) / name, model) for model, name in TINY_LORA_FILES.items()]
+    paths.append(write_tiny_llm(Path(args.models_dir) / TINY_LLM_FOLDER))
     for path in paths:
         print(path)
     return 0

@@ -18,6 +18,7 @@ from ..remote import (
     fetch_remote,
     run_remote,
 )
+from ..remote.request import hosted_size
 from ..video_io import check_output_path, read_image, read_video
 
 REPEAT_PROGRESS_SECONDS = 10.0
@@ -69,7 +70,11 @@ def _shared_options() -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--prompt", required=True)
     options.add_argument("--negative-prompt")
-    options.add_argument("--size", help="W*H: 832*480, 480*832, 1280*720 or 720*1280")
+    size = options.add_mutually_exclusive_group()
+    size.add_argument("--size", help="W*H: 832*480, 480*832, 1280*720 or 720*1280")
+    size.add_argument("--resolution", choices=("480p", "720p"),
+                      help="the size of this resolution in the picture's orientation (the provider keeps the "
+                           "picture's aspect ratio at its area)")
     options.add_argument("--duration", type=int, help="seconds (5)")
     options.add_argument("--steps", type=int, help="sampling steps (30)")
     options.add_argument("--guidance-scale", type=float, help="(5)")
@@ -104,6 +109,9 @@ def run(args) -> int:
 
 
 def _request_from(args) -> RemoteRequest:
+    media = _media_from(args)
+    if args.resolution:
+        args.size = hosted_size(args.task, args.resolution, media.get("image", media.get("video")))
     values = {
         "task": args.task,
         "prompt": args.prompt,
@@ -119,7 +127,7 @@ def _request_from(args) -> RemoteRequest:
         "safety_checker": args.safety_checker,
         "prompt_extend": args.prompt_extend,
         "strength": getattr(args, "strength", None),  # v2v only
-        **_media_from(args),
+        **media,
     }
     return RemoteRequest(**{name: value for name, value in values.items() if value is not None})
 

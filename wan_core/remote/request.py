@@ -61,6 +61,21 @@ TASK_MEDIA = {"i2v": ("image", "image_url"), "v2v": ("video", "video_url")}
 SIZE_RESOLUTIONS = {"832*480": "480p", "480*832": "480p", "1280*720": "720p", "720*1280": "720p"}
 
 
+def hosted_size(task: str, resolution: str, frames: torch.Tensor | None) -> str | None:
+    """The provider size for a resolution ('480p' or '720p'), in the orientation of the input frames [N, H, W, 3]:
+    portrait for a taller picture, landscape otherwise (also for media given by URL, unseen here). The providers
+    keep the picture's own aspect ratio at that size's area, so the orientation only matters to WaveSpeedAI's
+    size field. V2V takes no size: WaveSpeedAI's V2V is 480p, and 720p is refused here."""
+    check_choice("resolution", resolution, tuple(sorted(set(SIZE_RESOLUTIONS.values()))))
+    if task == "v2v":
+        if resolution != "480p":
+            raise RemoteInputError(f"resolution={resolution!r} is not offered for v2v: the hosted V2V is 480p only")
+        return None
+    portrait = frames is not None and frames.shape[1] > frames.shape[2]
+    sizes = [size for size, name in SIZE_RESOLUTIONS.items() if name == resolution]
+    return next(size for size in sizes if portrait == (int(size.split("*")[1]) > int(size.split("*")[0])))
+
+
 def resolution_of(size: str | None) -> str:
     """'480p' or '720p'; no size means 480p, every provider's default."""
     return SIZE_RESOLUTIONS.get(size, "480p")

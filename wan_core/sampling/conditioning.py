@@ -34,11 +34,16 @@ def encode_prompt(models: WanModels, prompt: str) -> torch.Tensor:
     return F.pad(states, (0, 0, 0, TEXT_LENGTH - states.shape[1])).to(models.device, models.dtype)
 
 
-def fit_frames(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """[T, h, w, 3] -> [T, height, width, 3]: scaled to cover the target, then center-cropped."""
+def fit_frames(frames: torch.Tensor, width: int, height: int, fit: str = "crop") -> torch.Tensor:
+    """[T, h, w, 3] -> [T, height, width, 3]: scaled to cover the target, then center-cropped; with fit "resize"
+    the whole picture resized onto the target (bicubic), as Wan's reference does once the size follows the
+    picture's aspect ratio (params.auto_size), where the squash is at most a 16-pixel rounding."""
     _, source_height, source_width, _ = frames.shape
     if (source_width, source_height) == (width, height):
         return frames
+    if fit == "resize":
+        resized = F.interpolate(frames.permute(0, 3, 1, 2), size=(height, width), mode="bicubic", antialias=True)
+        return resized.permute(0, 2, 3, 1).clamp(0, 1)
     scale = max(width / source_width, height / source_height)
     covered = (max(height, round(source_height * scale)), max(width, round(source_width * scale)))
     resized = F.interpolate(frames.permute(0, 3, 1, 2), size=covered, mode="bicubic", antialias=True)

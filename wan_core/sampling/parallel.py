@@ -94,11 +94,11 @@ def plan_from_environment(mode: str, environ=os.environ) -> ParallelPlan:
     return plan
 
 
-def check_plan(plan: ParallelPlan, heads: int, latent_tokens: int, guidance_scale: float, attention: str) -> None:
+def check_plan(plan: ParallelPlan, heads: int, pass_tokens: list[int], guidance_scale: float, attention: str) -> None:
     """Refuse what the model, the video's size or the settings cannot split, before any weights are read.
 
-    heads: the transformer's attention heads (40 for 14B, 12 for 1.3B); latent_tokens: the video's tokens per pass,
-    T_lat * H/16 * W/16, which diffusers cuts into equal slices."""
+    heads: the transformer's attention heads (40 for 14B, 12 for 1.3B); pass_tokens: the video's tokens in each
+    kind of pass, T_lat * H/16 * W/16 (T_lat of a context window), which diffusers cuts into equal slices."""
     if plan.mode == "none":
         return
     if plan.guidance == 2 and guidance_scale == 1.0:
@@ -111,15 +111,20 @@ def check_plan(plan: ParallelPlan, heads: int, latent_tokens: int, guidance_scal
     if plan.sequence_kind == "ring" and attention not in RING_ATTENTION:
         raise WanInputError(f"--parallel {plan.mode} needs an attention kernel that returns its log-sum-exp "
                             f"({' or '.join(RING_ATTENTION)}), not --attention {attention}; or use ulysses")
-    if plan.sequence_kind and latent_tokens % plan.sequence:
-        raise WanInputError(f"the video's {latent_tokens} tokens per pass do not split into {plan.sequence} equal "
+    uneven = [tokens for tokens in pass_tokens if tokens % plan.sequence]
+    if plan.sequence_kind and uneven:
+        raise WanInputError(f"the video's {uneven[0]} tokens per pass do not split into {plan.sequence} equal "
                             "parts: choose a size or frame count whose T_lat * H/16 * W/16 they divide")
 
 
-def latent_tokens(params, patch_size: tuple[int, int, int]) -> int:
-    """The video's tokens per transformer pass: latent frames and pixels over the patch size."""
-    _, _, frames, height, width = params.latent_shape()
-    return (frames // patch_size[0]) * (height // patch_size[1]) * (width // patch_size[2])
+def pass_tokens(params, patch_size: tuple[int, int, int]) -> list[int]:
+    """The video's tokens per transformer pass (per context window when it has windows): latent frames and pixels
+    over the patch size."""
+    from .long_video import pass_lengths
+
+    _, _, _, height, width = params.latent_shape()
+    per_frame = (height // patch_size[1]) * (width // patch_size[2])
+    return sorted(frames // patch_size[0] * per_frame for frames in pass_lengths(params))
 
 
 def start(plan: ParallelPlan, device: str) -> torch.device:

@@ -5,6 +5,7 @@ They follow the hosted Wan 2.1 APIs where those make sense locally, and are all 
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
 
@@ -26,6 +27,15 @@ STEP_CACHE_RANGE = (0.0, 1.0)  # First Block Cache threshold (speed.py, WanModel
 DURATION_RANGE = (1, 10)
 FRAMES_RANGE = (1, 16 * DURATION_RANGE[1] + 1)
 SAMPLER_NAMES = ("unipc", "euler")
+# The pixel area each resolution stands for; the shape comes from the input picture (auto_size)
+RESOLUTION_AREAS = {"480p": 832 * 480, "720p": 1280 * 720}
+SIZE_AUTO = "auto"
+# How input frames meet the size: "crop" scales to cover it and centre-crops (an explicit W*H); "resize" squashes
+# the whole picture onto it, as Wan's reference does after choosing the size from the picture's own aspect ratio
+FIT_CHOICES = ("crop", "resize")
+TRAINED_FRAMES = 81  # Wan 2.1 was trained on 81-frame clips (21 latent frames)
+CONTEXT_FRAMES_RANGE = (17, TRAINED_FRAMES)  # a window, 4n+1 frames
+CONTEXT_OVERLAP_DEFAULT = 16  # frames (4 latents) shared by neighbouring windows, as WanVideoWrapper's default
 # Whose preprocessing to follow where diffusers 0.42's Wan pipelines and Wan's reference differ: the sigma spacing
 # (schedule.SPACINGS) and the CLIP input (resized and centre-cropped, or squashed to its square; conditioning.py).
 PARITY_CHOICES = ("diffusers", "wan")
@@ -47,6 +57,21 @@ def parse_size(text: str, name: str = "size") -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def auto_size(width: int, height: int, resolution: str = "480p") -> tuple[int, int]:
+    """(W, H) with the picture's aspect ratio at the resolution's pixel area, each side rounded down to a multiple
+    of 16 as Wan's reference image2video.py does (latent side = sqrt(area * aspect) // 8 // 2 * 2): a 4:3 picture
+    gives 720x544 at 480p and 1104x816 at 720p, never more than the area."""
+    check_choice("resolution", resolution, tuple(RESOLUTION_AREAS))
+    area = RESOLUTION_AREAS[resolution]
+    size = (math.floor(math.sqrt(area * width / height) / SIZE_MULTIPLE) * SIZE_MULTIPLE,
+            math.floor(math.sqrt(area * height / width) / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+    for name, value in zip(("width", "height"), size):
+        if not SIZE_RANGE[0] <= value <= SIZE_RANGE[1]:
+            raise WanInputError(f"a {width}x{height} picture at {resolution} gives {name} {value}, outside "
+                                f"{SIZE_RANGE[0]} to {SIZE_RANGE[1]}: give an explicit size W*H (it crops)")
+    return size
+
+
 def frame_count(duration: float | None = None, frames: int | None = None) -> int:
     """Frames from a duration in seconds at 16 fps (5 s -> 81) or an explicit count of the form 4n+1."""
     if frames is not None:
@@ -64,9 +89,15 @@ def whole_clip_frames(video_frames: int) -> int:
     return (video_frames - 1) // 4 * 4 + 1
 
 
-def source_frame_count(video_frames: int) -> int:
-    """The longest 4n+1 clip a source video of this many frames gives, at most 81 frames (5 s)."""
-    return whole_clip_frames(min(video_frames, 81))
+def source_frame_count(video_frames: int, wanted: int | None = None) -> tuple[int, str | None]:
+    """Frames a v2v run takes from a source of this many frames (already at 16 fps): `wanted`, by default 5 s
+    (81), or what the source has if it is shorter, rounded down to 4n+1 and said so (the second value)."""
+    wanted = frame_count() if wanted is None else wanted
+    if video_frames >= wanted:
+        return wanted, None
+    available = whole_clip_frames(video_frames)
+    return available, (f"the source has {video_frames} frames at {DEFAULT_FPS} fps "
+                       f"({video_frames / DEFAULT_FPS:.2f} s): using {available} of the {wanted} asked for")
 
 
 def resolve_seed(seed: int) -> int:
@@ -91,6 +122,13 @@ class SamplingParams:
     sampler: str = "unipc"
     strength: float = 0.9
     parity: str = "diffusers"  # PARITY_CHOICES; "wan" follows Wan's reference, as the hosted APIs may
+    fit: str = "crop"  # FIT_CHOICES: how input frames meet width x height
+    # Past context_frames, sample in overlapping windows of that many frames (long_video.py), unless one_pass;
+    # riflex lengthens the temporal RoPE period for a one-pass run beyond the trained length
+    context_frames: int = TRAINED_FRAMES
+    context_overlap: int = CONTEXT_OVERLAP_DEFAULT
+    one_pass: bool = False
+    riflex: bool = False
 
     def latent_shape(self, channels: int = 16) -> tuple[int, ...]:
         """[1, channels, T_lat, H/8, W/8]: the VAE packs 4 frames (after the first) and 8x8 pixels per latent."""
@@ -115,6 +153,26 @@ class SamplingParams:
         check_range("strength", self.strength, *STRENGTH_RANGE)
         check_choice("sampler", self.sampler, SAMPLER_NAMES)
         check_choice("parity", self.parity, PARITY_CHOICES)
+        check_choice("fit", self.fit, FIT_CHOICES)
+        self._check_long_video()
         if self.negative_prompt is None:
             self.negative_prompt = WAN_NEGATIVE_PROMPT
         self.seed = resolve_seed(self.seed)
+
+    @property
+    def windowed(self) -> bool:
+        """Whether sampling runs in context windows: longer than a window, and one pass not asked for."""
+        return not self.one_pass and self.num_frames > self.context_frames
+
+    def _check_long_video(self) -> None:
+        check_range("context_frames", self.context_frames, *CONTEXT_FRAMES_RANGE)
+        if self.context_frames % 4 != 1:
+            raise WanInputError(f"context_frames={self.context_frames} is not of the form 4n+1 (e.g. 49, 65, 81)")
+        window_latents = (self.context_frames - 1) // 4 + 1
+        check_range("context_overlap", self.context_overlap, 0, 4 * (window_latents // 2))
+        if self.context_overlap % 4:
+            raise WanInputError(f"context_overlap={self.context_overlap} is not a multiple of 4 frames (one latent "
+                                f"frame): e.g. 8, 16, 24")
+        if self.riflex and self.windowed:
+            raise WanInputError(f"riflex=True applies to one-pass runs: {self.num_frames} frames run in windows of "
+                                f"{self.context_frames}; ask for one pass too (--one-pass)")

@@ -9,6 +9,7 @@ decoding (VAE, in conditioning.decode_latents).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from collections.abc import Callable
 
@@ -16,6 +17,7 @@ import torch
 
 from . import conditioning, speed
 from ..errors import WanInputError
+from .long_video import context_velocity, riflex
 from .models import WanModels
 from .params import SamplingParams
 from .samplers import SAMPLERS, SamplerStep
@@ -44,7 +46,11 @@ def encode_prompts(models: WanModels, params: SamplingParams) -> tuple[torch.Ten
 
 
 def guided_velocity(models: WanModels, params: SamplingParams, prompts, image_tokens=None, condition=None):
-    """model(x, sigma) -> velocity with classifier-free guidance; guidance 1 skips the negative pass."""
+    """model(x, sigma) -> velocity with classifier-free guidance; guidance 1 skips the negative pass.
+
+    With frames (a slice of the latent frames) x is that context window alone: the I2V condition is sliced the
+    same way, so the first frame's conditioning goes with the window holding it, and each window keeps its own
+    step cache."""
     transformer, dtype = models.transformer, models.dtype
     positive, negative = prompts
     condition = None if condition is None else condition.to(models.device, dtype)
@@ -55,12 +61,14 @@ def guided_velocity(models: WanModels, params: SamplingParams, prompts, image_to
                                encoder_hidden_states_image=image_tokens, return_dict=False)[0].float()
 
     @torch.inference_mode()
-    def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        x_in = x.to(dtype) if condition is None else torch.cat([x.to(dtype), condition], dim=1)
+    def velocity(x: torch.Tensor, sigma: float, frames: slice = slice(None)) -> torch.Tensor:
+        x_in = x.to(dtype) if condition is None else torch.cat([x.to(dtype), condition[:, :, frames]], dim=1)
         timestep = torch.full((x.shape[0],), model_timestep(sigma), device=x.device)
+        window = "" if frames == slice(None) else f"@{frames.start}"
         if negative is None:
-            return predict(x_in, timestep, positive, "cond")
-        passes = (lambda: predict(x_in, timestep, positive, "cond"), lambda: predict(x_in, timestep, negative, "uncond"))
+            return predict(x_in, timestep, positive, "cond" + window)
+        passes = (lambda: predict(x_in, timestep, positive, "cond" + window),
+                  lambda: predict(x_in, timestep, negative, "uncond" + window))
         if models.parallel is not None and models.parallel.plan.guidance == 2:
             v_positive, v_negative = models.parallel.guidance_pair(*passes)  # one pass here, one on the paired rank
         else:
@@ -71,7 +79,10 @@ def guided_velocity(models: WanModels, params: SamplingParams, prompts, image_to
 
 
 def _sample(models, params, velocity, x, sigmas, progress: Progress) -> torch.Tensor:
-    return SAMPLERS[params.sampler](velocity, x.to(models.device), sigmas.tolist(), progress)
+    """x [1, 16, T_lat, h, w]; past params.context_frames, the velocity is blended from context windows."""
+    velocity = context_velocity(velocity, params, x.shape[2])
+    with riflex(models.transformer, x.shape[2]) if params.riflex else nullcontext():
+        return SAMPLERS[params.sampler](velocity, x.to(models.device), sigmas.tolist(), progress)
 
 
 def _image_conditioning(models: WanModels, frame: torch.Tensor, params: SamplingParams):
@@ -88,7 +99,7 @@ def generate_i2v(models: WanModels, image: torch.Tensor, params: SamplingParams,
     if not models.is_i2v:
         raise WanInputError("the diffusion model is a text-to-video model (16 input channels): image-to-video needs "
                             "an I2V model such as wan2.1_i2v_480p_14B")
-    frame = conditioning.fit_frames(image[:1], params.width, params.height)[0]
+    frame = conditioning.fit_frames(image[:1], params.width, params.height, params.fit)[0]
     models.use("text_encoder")
     prompts = encode_prompts(models, params)
     image_tokens, condition = _image_conditioning(models, frame, params)
@@ -104,7 +115,7 @@ def generate_v2v(models: WanModels, video: torch.Tensor, params: SamplingParams,
     """video [T, H, W, 3] in 0..1 -> a video that keeps its layout and motion, re-imagined from `strength` on."""
     if video.shape[0] < params.num_frames:
         raise WanInputError(f"frames={params.num_frames} asks for more frames than the source video has ({video.shape[0]})")
-    frames = conditioning.fit_frames(video[: params.num_frames], params.width, params.height)
+    frames = conditioning.fit_frames(video[: params.num_frames], params.width, params.height, params.fit)
     models.use("text_encoder")
     prompts = encode_prompts(models, params)
     models.use("vae")
