@@ -32,7 +32,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import CLIPImageProcessorPil, CLIPVisionModel, T5Tokenizer, UMT5EncoderModel
 
 from ..errors import WanInputError, check_range
-from ..files.loading import load_clip_vision, load_text_encoder, load_transformer, load_vae
+from ..files.loading import load_clip_vision, load_text_encoder, load_transformer_with_sources, load_vae
 from ..files.precision import check_weight_storage
 from ..lora.apply import LoraPatches, LoraReport, set_lora_stack
 from ..lora.stack import LoraStack
@@ -187,10 +187,12 @@ def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torc
     check_weight_storage(weight_storage)
     speed.check_offload(offload, device)
     home = "cpu" if offload == "model" else device  # where the networks wait between stages
-    transformer = load_transformer(diffusion_model, dtype, weight_storage).to(home)
+    transformer, sources = load_transformer_with_sources(diffusion_model, dtype, weight_storage)
+    transformer.to(home)
     encoder, tokenizer = load_text_encoder(text_encoder, dtype, tokenizer, weight_storage)
     models = WanModels(transformer, load_vae(vae, dtype).to(home), encoder.to(home), tokenizer,
                        device=torch.device(device), placement=model_offload if offload == "model" else None)
+    models.lora.sources = sources  # LoRA removal reads base weights back from the file instead of keeping copies
     if clip_vision is not None and transformer.config.image_dim is not None:
         models.image_encoder, models.image_processor = load_clip_vision(clip_vision, dtype)
         models.image_encoder.to(home)
