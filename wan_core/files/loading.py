@@ -81,10 +81,14 @@ class WeightSources:
             self.checkpoint.fail("has changed on disk since the model was loaded, so its base weights cannot be "
                                  "read back: load the model again")
 
-    def read(self, name: str, dtype: torch.dtype) -> torch.Tensor:
-        """The parameter's value as loaded, on the CPU: the same positioned read and the same cast as at load
-        (ComfyUI's scaled fp8 dequantised by the reader, fp8 storage saturated by to_storage), so bit-exact."""
-        return to_storage(self.checkpoint.read(self.names[name]), dtype)
+    def read(self, name: str, dtype: torch.dtype, rows: slice) -> torch.Tensor:
+        """Rows `rows` (of dim 0) of the parameter's value as loaded, on the CPU: the same positioned read and the
+        same cast as at load (ComfyUI's scaled fp8 dequantised by the reader, fp8 storage saturated by
+        to_storage), so bit-exact. A parameter that is part of a file tensor is read whole, then cut."""
+        source = self.names[name]
+        if isinstance(source, str):
+            return to_storage(self.checkpoint.tensor(source, rows), dtype)
+        return to_storage(self.checkpoint.read(source)[rows], dtype)
 
 
 def _describe_component(shapes: dict) -> str:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wanflow")
 COMPUTE_DTYPE = torch.float32  # the sum is formed in float32 whatever the storage dtype (bf16, fp16, fp8), then cast
+CHUNK_ELEMENTS = 2**21  # values per chunk of rows patched at once: 8 MB in float32
 
 
 @dataclass
@@ -190,20 +191,28 @@ def _contributions(parsed: list[ParsedLora], entries) -> dict[str, list[tuple[fl
     return wanted
 
 
-def _base_value(state: LoraPatches, name: str, param: torch.Tensor) -> torch.Tensor:
-    """The parameter's base value on the CPU: read again from the model file, or its kept copy (taken on first
-    use, while the parameter still holds the base value)."""
+def _base_value(state: LoraPatches, name: str, param: torch.Tensor, rows: slice) -> torch.Tensor:
+    """Rows of the parameter's base value on the CPU: read again from the model file, or cut from its kept copy
+    (the whole parameter, taken on first use, while it still holds the base value)."""
     if state.sources is not None:
-        return state.sources.read(name, param.dtype)
+        return state.sources.read(name, param.dtype, rows)
     if name not in state.backups:
         state.backups[name] = param.detach().to("cpu", copy=True)
-    return state.backups[name]
+    return state.backups[name][rows]
+
+
+def _row_chunks(param: torch.Tensor) -> list[slice]:
+    """Slices of dim 0 of at most CHUNK_ELEMENTS values each: a weight is read, summed and written a few MB at a
+    time, so the memory beyond the model's stays a few MB whatever the layer (a 14B FFN weight is 70M values)."""
+    step = max(1, CHUNK_ELEMENTS // max(1, param[0].numel()))
+    return [slice(start, min(start + step, param.shape[0])) for start in range(0, param.shape[0], step)]
 
 
 @torch.no_grad()
 def _restore(params: dict[str, torch.Tensor], state: LoraPatches, names) -> None:
     for name in list(names):
-        params[name].copy_(_base_value(state, name, params[name]))
+        for rows in _row_chunks(params[name]):
+            params[name][rows].copy_(_base_value(state, name, params[name], rows))
         state.patched.discard(name)
         state.backups.pop(name, None)
 
@@ -216,21 +225,20 @@ def _restore_base(transformer: torch.nn.Module, state: LoraPatches) -> None:
 
 @torch.no_grad()
 def _patch(transformer: torch.nn.Module, state: LoraPatches, wanted: dict[str, list]) -> int:
-    """Restore the weights the new stack leaves alone, then write base + deltas into the ones it changes.
-
-    One weight at a time, so the memory beyond the model's is one weight's float32 sum (and its base value while
-    that is formed), whatever the stack's size."""
+    """Restore the weights the new stack leaves alone, then write base + deltas into the ones it changes, one
+    chunk of rows at a time (_row_chunks)."""
     params = dict(transformer.named_parameters())
     _restore(params, state, [name for name in state.patched if name not in wanted])
     for name, contributions in wanted.items():
         param = params[name]
-        patched = _base_value(state, name, param).to(param.device, COMPUTE_DTYPE, copy=True)  # a kept copy stays as is
-        for scale, delta, kind in contributions:
-            if kind == "weight":
-                delta.add_to_weight(patched, scale)
-            else:
-                patched.add_(delta.diff_b.to(patched), alpha=scale)
-        state.patched.add(name)  # before the write: an interrupt inside it still restores this weight
-        param.copy_(patched)  # fp8 and other storage dtypes: cast once, after the sum, straight into the weight
-        del patched  # freed before the next weight's base value is read
+        state.patched.add(name)  # before the first write: an interrupt inside it still restores this weight
+        for rows in _row_chunks(param):
+            patched = _base_value(state, name, param, rows).to(param.device, COMPUTE_DTYPE, copy=True)
+            for scale, delta, kind in contributions:
+                if kind == "weight":
+                    delta.add_to_weight(patched, scale, rows)
+                else:
+                    patched.add_(delta.diff_b[rows].to(patched), alpha=scale)
+            param[rows].copy_(patched)  # fp8 and other storage dtypes: cast once, after the sum, into the weight
+            del patched  # freed before the next chunk's base value is read
     return len(wanted)
