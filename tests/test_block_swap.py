@@ -67,3 +67,13 @@ def test_the_resident_size_is_the_layers_outside_the_blocks_and_two_blocks(tiny_
     block = size(transformer.blocks[0])
     outside = size(transformer) - len(transformer.blocks) * block  # the tiny model's blocks are all alike
     assert block_swap_resident_bytes(transformer) == outside + 2 * block
+
+
+def test_compiled_blocks_run_with_block_swap(tiny_paths, tiny_i2v):
+    """torch.compile on each block traces through the group offloading hook around it; inductor reorders float32
+    arithmetic, so compiled and eager agree to the tolerance tests/test_speed_settings.py uses, not bit for bit."""
+    torch.compiler.reset()
+    swapped = file_models(tiny_paths, tiny_i2v, block_swap=True)
+    run = params("euler")
+    compiled = i2v_latents(swapped, run, compile=True)
+    assert (compiled - i2v_latents(file_models(tiny_paths, tiny_i2v), run)).abs().max() < 1e-4
