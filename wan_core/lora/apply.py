@@ -208,7 +208,10 @@ def _row_chunks(param: torch.Tensor) -> list[slice]:
     return [slice(start, min(start + step, param.shape[0])) for start in range(0, param.shape[0], step)]
 
 
-@torch.no_grad()
+# inference_mode, not no_grad: fp8 storage's casting hooks reassign weights during inference-mode forward passes,
+# which makes them inference tensors, and those (and views of them, as the row chunks are) may be written in place
+# only inside inference mode; ordinary weights may be written there as well.
+@torch.inference_mode()
 def _restore(params: dict[str, torch.Tensor], state: LoraPatches, names) -> None:
     for name in list(names):
         for rows in _row_chunks(params[name]):
@@ -217,13 +220,13 @@ def _restore(params: dict[str, torch.Tensor], state: LoraPatches, names) -> None
         state.backups.pop(name, None)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _restore_base(transformer: torch.nn.Module, state: LoraPatches) -> None:
     _restore(dict(transformer.named_parameters()), state, state.patched | state.backups.keys())
     state.signature, state.report = (), LoraReport()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _patch(transformer: torch.nn.Module, state: LoraPatches, wanted: dict[str, list]) -> int:
     """Restore the weights the new stack leaves alone, then write base + deltas into the ones it changes, one
     chunk of rows at a time (_row_chunks)."""
