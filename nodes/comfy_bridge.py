@@ -96,7 +96,7 @@ class _Streamed(torch.nn.Module):
         object.__setattr__(self, "network", network)  # bypasses nn.Module's registration on purpose
 
 
-def _patcher(name: str, network: torch.nn.Module, block_swap: bool) -> comfy.model_patcher.ModelPatcher:
+def network_patcher(name: str, network: torch.nn.Module, block_swap: bool) -> comfy.model_patcher.ModelPatcher:
     devices = compute_device(), comfy.model_management.unet_offload_device()
     if name == "transformer" and block_swap:
         from ..wan_core.sampling.speed import block_swap_resident_bytes
@@ -112,7 +112,7 @@ class _Stages:
     short, as it does between its own CLIPLoader, CLIPVisionLoader, UNETLoader and VAELoader models."""
 
     def __init__(self, models):
-        self.patchers = {name: _patcher(name, network, models.offload == "blocks")
+        self.patchers = {name: network_patcher(name, network, models.offload == "blocks")
                          for name, network in models.networks().items()}
         self.changing = False  # True while a stage's own load makes room
 

@@ -54,7 +54,7 @@ after_rerun = held()
 from wanflow.wan_core.sampling.speed import block_swap_resident_bytes  # noqa: E402
 
 transformer = networks["transformer"]
-streamed = comfy_bridge._patcher("transformer", transformer, block_swap=True)
+streamed = comfy_bridge.network_patcher("transformer", transformer, block_swap=True)
 comfy.model_management.load_models_gpu([streamed], force_full_load=True)
 block_swap = {"reported": streamed.model_size(), "loaded": streamed.loaded_size(),
               "resident": block_swap_resident_bytes(transformer),
