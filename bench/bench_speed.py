@@ -8,11 +8,14 @@ cross-attention still sees 512 tokens but image cross-attention 17 tokens instea
 part of a step next to self-attention over 21x60x104 = 32760 tokens at 480p. Per-step time is what compares;
 whole-generation time includes the tiny VAE, which is not the real VAE's cost.
 
-Every configuration runs `--steps` steps (fp8 storage last: diffusers cannot undo it); the first step (kernel selection, compilation) is left out of the
-per-step median. Rows are ratios to diffusers' pipeline with its defaults (PyTorch SDPA).
+Every configuration runs `--steps` steps (fp8 storage and then block swap last: neither is undone; block swap
+after fp8 storage streams the fp8 weights); the first step (kernel selection, compilation) is left out of the
+per-step median. Rows are ratios to diffusers' pipeline with its defaults (PyTorch SDPA). "blocks" is block swap
+(offload "blocks", speed.enable_block_swap): the transformer's weights go back to the CPU and each block streams
+to the GPU for its turn, so its peak GPU memory is the figure to compare with "auto"'s.
 
     python bench/bench_speed.py [--preset 14b|small] [--size 832*480] [--frames 81] [--steps 4]
-                                [--configs diffusers auto sdpa fp8 compile cache=0.1 sage flash flash3]
+                                [--configs diffusers auto sdpa fp8 compile cache=0.1 sage flash flash3 blocks]
 
 Several GPUs: `torchrun --nproc_per_node N bench/bench_speed.py --parallel ulysses|cfg|cfg+ulysses ...` runs the
 wan_core configurations split over the N processes (diffusers' pipeline, which runs whole on every rank, is left
@@ -43,6 +46,7 @@ from wan_core.errors import WanInputError
 from wan_core.files.loading import WAN_HEAD_DIM
 from wan_core.sampling.models import load_models
 from wan_core.sampling.params import DTYPES, WAN_NEGATIVE_PROMPT, SamplingParams
+from wan_core.sampling.speed import enable_block_swap
 from wan_core.files.precision import FP8_STORAGE_DTYPE
 from wan_core.tiny import IMAGE_DIM, TEXT_DIM, tiny_model_paths
 from wan_core.video_io import pil_to_frame
@@ -99,6 +103,10 @@ def configure(models, config: str) -> dict:
     """This configuration's WanModels.configured settings (fp8 storage is switched on the shared transformer)."""
     if config == "fp8":
         models.transformer.enable_layerwise_casting(storage_dtype=FP8_STORAGE_DTYPE, compute_dtype=models.dtype)
+    if config == "blocks":  # as load_models(offload="blocks") leaves it: weights on the CPU, blocks streamed in
+        models.transformer.to("cpu")
+        enable_block_swap(models.transformer, models.device)
+        models.offload = "blocks"
     return dict(attention=config if config in ("sdpa", "sage", "flash", "flash3", "xformers") else "auto",
                 compile=config == "compile",
                 step_cache=float(config.split("=")[1]) if config.startswith("cache=") else 0.0)
@@ -128,7 +136,8 @@ def main():
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="bf16")
-    parser.add_argument("--configs", nargs="+", default=["diffusers", "auto", "fp8", "cache=0.1", "compile"])
+    parser.add_argument("--configs", nargs="+",
+                        default=["diffusers", "auto", "fp8", "cache=0.1", "compile", "blocks"])
     parser.add_argument("--parallel", choices=parallel.PARALLEL_CHOICES, default="none",
                         help="under torchrun: split the wan_core configurations over the processes")
     args = parser.parse_args()
@@ -144,8 +153,9 @@ def main():
                          device=args.device)
     models.transformer = random_transformer(args.preset, args.device, dtype)
     models.parallel = parallel.ParallelRun(plan, torch.device(args.device)) if plan.world_size > 1 else None
-    # fp8 storage rounds the weights and diffusers cannot switch it off again: it runs last
-    configs = sorted(args.configs, key=lambda config: config == "fp8")
+    # fp8 storage rounds the weights and diffusers cannot switch it off again: it runs last but block swap, whose
+    # hooks stay on the transformer as well
+    configs = sorted(args.configs, key=lambda config: {"fp8": 1, "blocks": 2}.get(config, 0))
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8))
 
     results = {}
@@ -168,6 +178,7 @@ def main():
     reference = results.get("diffusers", {}).get("step")
     print("| configuration | s/step | vs diffusers | first step (s) | peak GPU memory (GiB) |\n|---|---|---|---|---|")
     for config, result in results.items():
+        config = "blocks (fp8 storage)" if config == "blocks" and "fp8" in results else config
         if "error" in result:
             print(f"| {config} | - | - | - | {result['error']} |")
             continue

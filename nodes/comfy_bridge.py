@@ -83,14 +83,36 @@ class _Network(torch.nn.Module):
         self.network = network
 
 
+class _Streamed(torch.nn.Module):
+    """A block-swapped transformer as ComfyUI's memory manager sees it (speed.enable_block_swap). Its weights wait
+    on the CPU and diffusers' group offloading hooks copy each block in for its turn, so ComfyUI must neither move
+    it (a full load is `.to(device)` on the module) nor count all of it: the transformer is held outside the module
+    tree (a plain attribute, not a registered submodule), and the ModelPatcher is given the size the hooks keep on
+    the GPU at most (ModelPatcher's public `size` argument, what model_size() then reports), so ComfyUI frees that
+    much before sampling and no more."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        object.__setattr__(self, "network", network)  # bypasses nn.Module's registration on purpose
+
+
+def network_patcher(name: str, network: torch.nn.Module, block_swap: bool) -> comfy.model_patcher.ModelPatcher:
+    devices = compute_device(), comfy.model_management.unet_offload_device()
+    if name == "transformer" and block_swap:
+        from ..wan_core.sampling.speed import block_swap_resident_bytes
+
+        return comfy.model_patcher.ModelPatcher(_Streamed(network), *devices,
+                                                size=block_swap_resident_bytes(network))
+    return comfy.model_patcher.ModelPatcher(_Network(network), *devices)
+
+
 class _Stages:
     """WanModels.placement in ComfyUI: one ModelPatcher per network, and each stage has ComfyUI load the ones it
     names. So a stage's networks alone need to fit: ComfyUI evicts the others (and any other model) when VRAM is
     short, as it does between its own CLIPLoader, CLIPVisionLoader, UNETLoader and VAELoader models."""
 
     def __init__(self, models):
-        self.patchers = {name: comfy.model_patcher.ModelPatcher(_Network(network), compute_device(),
-                                                                comfy.model_management.unet_offload_device())
+        self.patchers = {name: network_patcher(name, network, models.offload == "blocks")
                          for name, network in models.networks().items()}
         self.changing = False  # True while a stage's own load makes room
 
@@ -138,16 +160,22 @@ def _release_when_unloaded(loaded: LoadedWan):
         patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_DETACH, on_detach)
 
 
-def load_wan(files: tuple[Path, Path, Path, Path | None], dtype: torch.dtype, weight_storage: str) -> LoadedWan:
+def load_wan(files: tuple[Path, Path, Path, Path | None], dtype: torch.dtype, weight_storage: str,
+             offload: str = "none") -> LoadedWan:
+    """offload "blocks": the transformer's blocks stream to the GPU (speed.enable_block_swap; checked by the node)."""
     from ..wan_core.sampling.models import load_models
+    from ..wan_core.sampling.speed import enable_block_swap
 
-    key = (*files, *(path.stat().st_mtime_ns for path in files if path), dtype, weight_storage)
+    key = (*files, *(path.stat().st_mtime_ns for path in files if path), dtype, weight_storage, offload)
     loaded = _loaded.get(key)
     if loaded is None:
         kept_weights.clear()  # the kept weights go first, unless a graph still holds them: not two models at once
         started = time.perf_counter()
         models = load_models(*files, dtype=dtype, device=comfy.model_management.unet_offload_device(),
                              weight_storage=weight_storage)
+        if offload == "blocks":  # on the offload device now; the hooks copy each block to the GPU for its turn
+            enable_block_swap(models.transformer, compute_device())
+            models.offload = "blocks"
         loaded = _loaded[key] = LoadedWan(models)
         log.info("WanFlow: loaded %s in %.1f s", files[0].name, time.perf_counter() - started)
     else:

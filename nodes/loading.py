@@ -8,9 +8,12 @@ from ..wan_core.errors import WanInputError, check_choice
 from ..wan_core.lora.stack import MAX_LORAS_PER_NODE, SCALE_RANGE, LoraEntry, extend_stack
 from ..wan_core.files.precision import WEIGHT_STORAGES
 from ..wan_core.sampling.params import DTYPES
-from ..wan_core.sampling.speed import ATTENTION_CHOICES, check_model_speed
+from ..wan_core.sampling.speed import ATTENTION_CHOICES, check_model_speed, check_offload
 from .comfy_bridge import CATEGORY, NONE, WanLorasType, WanModel, WanModelType, compute_device, compute_dtype, \
     folder_choices, folder_file, load_wan, missing_from_folders
+
+
+OFFLOAD_CHOICES = ("none", "blocks")  # whole networks per stage is what ComfyUI's memory manager does anyway
 
 
 class LoadWanModel(io.ComfyNode):
@@ -49,27 +52,34 @@ class LoadWanModel(io.ComfyNode):
                                          "first run of a new size waits for the compiler; later runs reuse its "
                                          "work."),
                 WanLorasType.Input("loras", optional=True, tooltip="LoRAs from a Wan LoRA Stack node."),
+                io.Combo.Input("offload", options=list(OFFLOAD_CHOICES), default="none", optional=True,
+                               tooltip="blocks: keep the diffusion model's blocks in RAM and stream each to the GPU "
+                                       "while the one before computes, so 14B runs on a 12-24 GB GPU (slower "
+                                       "steps; not with fast mode's step cache). Needs a CUDA GPU. ComfyUI "
+                                       "already moves each whole network to the GPU only for its stage."),
             ],
             outputs=[WanModelType.Output(display_name="model")],
         )
 
     @classmethod
-    def validate_inputs(cls, diffusion_model, vae, text_encoder, clip_vision, dtype, attention="auto", compile=False):
+    def validate_inputs(cls, diffusion_model, vae, text_encoder, clip_vision, dtype, attention="auto", compile=False,
+                        offload="none"):
         missing = missing_from_folders(("diffusion_models", diffusion_model), ("vae", vae),
                                        ("text_encoders", text_encoder), ("clip_vision", clip_vision))
-        try:  # an attention kernel this machine cannot run is said before anything loads
+        try:  # an attention kernel or offload this machine cannot run is said before anything loads
             check_model_speed(attention, compile, compute_device(), compute_dtype(check_choice("dtype", dtype, ["auto", *DTYPES])))
+            check_offload(check_choice("offload", offload, OFFLOAD_CHOICES), compute_device())
         except WanInputError as error:
             return str(error) if missing is True else f"{missing}; {error}"
         return missing
 
     @classmethod
     def execute(cls, diffusion_model, vae, text_encoder, clip_vision, dtype, weight_storage, attention="auto",
-                compile=False, loras=None):
+                compile=False, loras=None, offload="none"):
         files = (folder_file("diffusion_models", diffusion_model), folder_file("vae", vae),
                  folder_file("text_encoders", text_encoder), folder_file("clip_vision", clip_vision))
         # the weights are shared by every graph that loads the same files; the speed settings go with this output
-        loaded = load_wan(files, compute_dtype(dtype), weight_storage)
+        loaded = load_wan(files, compute_dtype(dtype), weight_storage, offload)
         return io.NodeOutput(WanModel(loaded, tuple(loras or ()), attention, compile))
 
 

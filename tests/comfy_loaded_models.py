@@ -1,7 +1,8 @@
 """Run inside a real ComfyUI tree (tests/comfyui_server.run_in_comfyui): load the tiny I2V model with this pack's
 LoadWanModel, sample with WanI2VSampler, and print as JSON what ComfyUI's memory manager then holds (the network
 each loaded model wraps, most recently loaded first), and what it holds after unloading everything as Free memory
-does.
+does. Then a rerun with a new seed and the same prompts (the prompts cached), and what ComfyUI is told about a
+block-swapped transformer (the pack's own patcher for it, loaded as a stage loads it).
 
 usage: comfy_loaded_models.py MODELS_DIR CUSTOM_NODES_DIR (holding this pack as wanflow/)
 """
@@ -41,4 +42,22 @@ def held() -> list[str]:
 
 after_sampling = held()
 comfy.model_management.unload_all_models()
-print(json.dumps({"after_sampling": after_sampling, "after_unload": held(), "kept": len(comfy_bridge.kept_weights)}))
+after_unload, kept = held(), len(comfy_bridge.kept_weights)
+
+(model,) = LoadWanModel.execute(*(TINY_FILES[name][1] for name in ("i2v", "vae", "text_encoder", "clip_vision")),
+                                dtype="fp32", weight_storage="compute").result
+WanI2VSampler.execute(model, torch.rand(1, 64, 80, 3), prompt="a valley", negative_prompt="blurry", width=80,
+                      height=64, frames=9, steps=2, guidance=5.0, flow_shift=3.0, seed=2, sampler="euler")
+networks = model.loaded.models.networks()
+after_rerun = held()
+
+from wanflow.wan_core.sampling.speed import block_swap_resident_bytes  # noqa: E402
+
+transformer = networks["transformer"]
+streamed = comfy_bridge.network_patcher("transformer", transformer, block_swap=True)
+comfy.model_management.load_models_gpu([streamed], force_full_load=True)
+block_swap = {"reported": streamed.model_size(), "loaded": streamed.loaded_size(),
+              "resident": block_swap_resident_bytes(transformer),
+              "listed": any(loaded.model is streamed for loaded in comfy.model_management.current_loaded_models)}
+print(json.dumps({"after_sampling": after_sampling, "after_unload": after_unload, "kept": kept,
+                  "after_rerun": after_rerun, "block_swap": block_swap}))

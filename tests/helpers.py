@@ -77,3 +77,21 @@ def to_wan_t5(state: dict) -> dict:
             _, _, index, rest = key.split(".", 3)
             out[f"blocks.{index}.{WAN_T5_NAMES[rest.removesuffix('.weight')]}.weight"] = value
     return out
+
+
+def comfy_fp8(state: dict, scaled: bool) -> dict:
+    """ComfyUI-style fp8 files: block matrices in fp8 (scaled: per-weight scale_weight and the scaled_fp8
+    marker, as ComfyUI's model_base writes them), everything else in fp16, keys under model.diffusion_model."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("blocks.") and key.endswith(".weight") and value.ndim == 2:
+            if scaled:
+                scale = value.abs().max().float() / torch.finfo(torch.float8_e4m3fn).max
+                out[key.removesuffix(".weight") + ".scale_weight"] = scale.reshape(())
+                value = value / scale
+            out[key] = value.to(torch.float8_e4m3fn)
+        else:
+            out[key] = value.half()
+    if scaled:
+        out["scaled_fp8"] = torch.tensor([], dtype=torch.float8_e4m3fn)
+    return {"model.diffusion_model." + key: value for key, value in out.items()}

@@ -277,7 +277,8 @@ def test_free_memory_drops_the_loaded_model(comfy):
 
 def test_each_network_is_its_own_model_in_comfyuis_memory_manager(tmp_path):
     """The four networks are four models to ComfyUI, each loaded for its stage (the transformer last, for
-    sampling), and unloading them all (Free memory) stops the pack keeping the weights. No HTTP endpoint lists
+    sampling), and unloading them all (Free memory) stops the pack keeping the weights; a rerun with cached prompts
+    loads no text encoder, and a block-swapped transformer counts as its resident size. No HTTP endpoint lists
     loaded models, so this runs the nodes in a ComfyUI process and reads comfy.model_management itself."""
     assert cli_main(["tiny-models", "--models-dir", str(tmp_path / "models")]) == 0
     (tmp_path / "custom_nodes").mkdir()
@@ -289,6 +290,11 @@ def test_each_network_is_its_own_model_in_comfyuis_memory_manager(tmp_path):
     assert held["after_sampling"][0] == "transformer"
     assert sorted(held["after_sampling"]) == ["image_encoder", "text_encoder", "transformer", "vae"]
     assert held["after_unload"] == [] and held["kept"] == 0
+    # the same prompts again (new seed, reloaded weights): cached, so the text encoder is never loaded
+    assert "text_encoder" not in held["after_rerun"] and "transformer" in held["after_rerun"]
+    # block swap: ComfyUI counts what the hooks keep on the GPU (block_swap_resident_bytes), not the whole model
+    swap = held["block_swap"]
+    assert swap["listed"] and swap["reported"] == swap["loaded"] == swap["resident"]
 
 
 def test_remote_workflow_runs_against_the_provider_stand_in(comfy):

@@ -17,15 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from wan_core.errors import WanInputError
+from wan_core.files.loading import load_transformer_with_sources
 from wan_core.sampling.models import WanModels
 from wan_core.lora.apply import set_lora_stack
 from wan_core.lora.sources import download_lora_url, resolve_lora_file, url_cache_path
 from wan_core.lora.stack import LoraEntry, extend_stack
 from wan_core.tiny import write_tiny_lora
 
+from helpers import comfy_fp8
 from hub_standin import HubStandIn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -372,6 +374,60 @@ def test_fp8_stored_weights_patch_in_float32_and_cast_back(tiny_i2v, tmp_path):
     set_lora_stack(models, None)
     for name, param in transformer.named_parameters():
         assert torch.equal(bits(param), bits(base[name])), name
+
+
+# ---- base weights read back from the model file ------------------------------------------------------------------
+
+
+def test_a_model_loaded_from_a_file_keeps_no_copies_and_restores_from_it(i2v, tmp_path):
+    base = weights(i2v)
+    pairs = known_pairs(i2v.transformer, seed=5)
+    set_lora_stack(i2v, (LoraEntry(lora_file(tmp_path / "a.safetensors", pairs, "comfyui"), 0.9),))
+    assert i2v.lora.sources is not None and not i2v.lora.backups  # nothing kept in RAM beyond the model
+    assert i2v.lora.patched == {f"{name}.weight" for name, _ in MODULES}
+    assert_weights(i2v, formula(base, [(pairs, 0.9)]))
+    set_lora_stack(i2v, None)
+    assert_bit_exact(i2v, base)
+    assert not i2v.lora.patched
+
+
+def file_model(path, dtype, weight_storage, like):
+    """A WanModels whose transformer comes from `path`, with its sources recorded, as load_models makes it."""
+    transformer, sources = load_transformer_with_sources(path, dtype, weight_storage)
+    models = WanModels(transformer, like.vae, like.text_encoder, like.tokenizer)
+    models.lora.sources = sources
+    return models
+
+
+@pytest.mark.parametrize("scaled, dtype, storage", [(True, torch.bfloat16, "fp8"), (True, torch.bfloat16, None),
+                                                    (False, torch.float16, "fp8")],
+                         ids=["fp8_scaled-fp8_storage", "fp8_scaled-bf16", "fp8-fp8_storage"])
+def test_fp8_files_restore_bit_exact_from_the_file(tiny_paths, tiny_i2v, tmp_path, scaled, dtype, storage):
+    path = tmp_path / "comfy_fp8.safetensors"
+    save_file(comfy_fp8(load_file(tiny_paths["i2v"]), scaled), str(path))
+    models = file_model(path, dtype, storage, tiny_i2v)
+    base = weights(models)
+    pairs = known_pairs(models.transformer, MODULES[:3], seed=6)
+    set_lora_stack(models, (LoraEntry(lora_file(tmp_path / "a.safetensors", pairs, "comfyui"), 0.8),))
+    changed = models.transformer.blocks[1].attn1.to_q.weight
+    assert not torch.equal(bits(changed), bits(base["blocks.1.attn1.to_q.weight"])) and not models.lora.backups
+    set_lora_stack(models, None)
+    for name, param in models.transformer.named_parameters():
+        assert param.dtype == base[name].dtype and torch.equal(bits(param), bits(base[name])), name
+
+
+def test_a_model_file_changed_since_loading_is_refused_before_any_weight_changes(tiny_paths, tiny_i2v, tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(Path(tiny_paths["i2v"]).read_bytes())
+    models = file_model(path, torch.float32, None, tiny_i2v)
+    lora = lora_file(tmp_path / "a.safetensors", known_pairs(models.transformer, seed=7), "comfyui")
+    set_lora_stack(models, (LoraEntry(lora, 1.0),))
+    patched = weights(models)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # rewritten, as far as we can tell
+    with pytest.raises(WanInputError, match="changed on disk since the model was loaded"):
+        set_lora_stack(models, None)
+    assert_bit_exact(models, patched)  # still the stack it says is on
+    assert models.lora.signature
 
 
 # ---- hub cache -------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from wan_core.sampling.params import SamplingParams
 from wan_core.sampling.pipeline import generate_i2v
 from wan_core.tiny import tiny_tokenizer_model
 
-from helpers import to_wan_t5
+from helpers import comfy_fp8, to_wan_t5
 from hub_standin import HubStandIn
 
 FP8 = torch.float8_e4m3fn
@@ -297,24 +297,6 @@ def test_a_missing_shard_is_named(wan_release_folder, tmp_path):
 
 
 # ---- precisions ------------------------------------------------------------------------------------------------
-
-
-def comfy_fp8(state: dict, scaled: bool) -> dict:
-    """ComfyUI-style fp8 files: block matrices in fp8 (scaled: per-weight scale_weight and the scaled_fp8
-    marker, as ComfyUI's model_base writes them), everything else in fp16, keys under model.diffusion_model."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith("blocks.") and key.endswith(".weight") and value.ndim == 2:
-            if scaled:
-                scale = value.abs().max().float() / torch.finfo(FP8).max
-                out[key.removesuffix(".weight") + ".scale_weight"] = scale.reshape(())
-                value = value / scale
-            out[key] = value.to(FP8)
-        else:
-            out[key] = value.half()
-    if scaled:
-        out["scaled_fp8"] = torch.tensor([], dtype=FP8)
-    return {"model.diffusion_model." + key: value for key, value in out.items()}
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -9,6 +9,7 @@ from helpers import FRAMES, params, random_pictures
 
 from wan_core.sampling import conditioning, pipeline
 from wan_core.sampling.models import model_offload
+from wan_core.sampling.prompt_cache import PromptCache
 from wan_core.video_io import pil_to_frame
 
 TEXT, SOURCE, IMAGE = ("text_encoder",), ("vae",), ("image_encoder", "vae")  # v2v's source frames: the VAE
@@ -18,7 +19,8 @@ SAMPLING, DECODING = ("transformer",), ("vae",)
 def recording(models):
     """The same networks with a placement that writes down what each stage asks for, and that list."""
     stages = []
-    return replace(models, placement=lambda _models, names: stages.append(names)), stages
+    # a cache of its own: the session's shared prompt cache would skip the text encoder's stage
+    return replace(models, placement=lambda _models, names: stages.append(names), prompt_cache=PromptCache()), stages
 
 
 def picture() -> torch.Tensor:

@@ -18,7 +18,7 @@ from ..sampling.params import CONTEXT_OVERLAP_DEFAULT, DTYPES, FLOW_SHIFT_AUTO, 
 from ..files.precision import WEIGHT_STORAGES
 from ..sampling import parallel
 from ..sampling.parallel import PARALLEL_CHOICES
-from ..sampling.speed import ATTENTION_CHOICES, OFFLOADS, check_model_speed, check_offload
+from ..sampling.speed import ATTENTION_CHOICES, OFFLOADS, check_block_swap, check_model_speed, check_offload
 from ..video_io import DEFAULT_FPS, check_output_path, read_image, read_video, resample_to_fps, write_video
 
 
@@ -87,7 +87,13 @@ def _add_common(parser: argparse.ArgumentParser):
     parser.add_argument("--offload", choices=OFFLOADS, default="none",
                         help="model: keep every network in RAM and move each to the GPU only for its stage (text "
                              "encoder, then CLIP and VAE, then the transformer, then the VAE), so a 14B model runs "
-                             "on a 24 GB GPU; needs a CUDA device")
+                             "on a 24 GB GPU; blocks: the same, and the transformer's blocks stream to the GPU one "
+                             "at a time while the one before computes, so 14B fp8 runs on a 12-16 GB GPU (not with "
+                             "--step-cache); both need a CUDA device")
+    parser.add_argument("--prompt-cache", choices=("disk", "memory"), default="disk",
+                        help="disk (default): prompt embeddings are kept under $WANFLOW_CACHE/prompts (at most "
+                             "$WANFLOW_PROMPT_CACHE_MB, default 256), so a rerun with the same prompts never runs the "
+                             "text encoder; memory: nothing is written. `python -m wan_core cache clear` empties it")
     parser.add_argument("--parallel", choices=PARALLEL_CHOICES, default="none",
                         help="under torchrun: split each transformer pass over the processes (ulysses; ring with "
                              "--attention flash or sage), run the prompt's and the negative prompt's pass on two "
@@ -180,6 +186,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams, note: str
     from ..files.loading import read_transformer_config
     from ..sampling import conditioning, pipeline
     from ..sampling.models import load_models
+    from ..sampling.prompt_cache import PromptCache, disk_folder
     from ..lora.sources import resolve_lora_file
     from ..files.model_files import resolve_model_files
 
@@ -187,6 +194,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams, note: str
     check_model_speed(args.attention, args.compile, args.device, dtype)
     check_offload(args.offload, args.device)
     check_range("step_cache", args.step_cache, *STEP_CACHE_RANGE)
+    check_block_swap(args.offload, args.step_cache)
     loras = stack_from_options(args.lora)
     loras_dir = Path(args.model) / "loras" if args.model and args.model != "tiny" else None
     for entry in loras:  # a missing file or an unreachable URL fails here, before the models load
@@ -205,6 +213,8 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams, note: str
     models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, device,
                          weight_storage=args.weight_storage, tokenizer=files.tokenizer, offload=args.offload)
     models.parallel = parallel.ParallelRun(plan, device) if plan.world_size > 1 else None
+    if args.prompt_cache == "disk":
+        models.prompt_cache = PromptCache(folder=disk_folder())
     with models.configured(loras=loras, loras_dir=loras_dir, attention=args.attention, compile=args.compile,
                            step_cache=args.step_cache), \
             tqdm(total=params.steps, desc="sampling", unit="step", file=sys.stderr,

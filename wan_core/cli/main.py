@@ -12,12 +12,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m wan_core", description="Wan 2.1 video generation")
     subparsers = parser.add_subparsers(dest="command", required=True)
     from ..files.download import add_parser as add_download_parser
+    from .cache import add_parser as add_cache_parser
     from .generate import add_parsers as add_generate_parsers
     from .remote import add_parser as add_remote_parser
 
     add_generate_parsers(subparsers)
     add_remote_parser(subparsers)
     add_download_parser(subparsers)
+    add_cache_parser(subparsers)
     return parser
 
 

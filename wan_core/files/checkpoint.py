@@ -53,10 +53,16 @@ class Checkpoint:
     path: Path
     role: str
     shapes: dict[str, tuple]
+    # cheap to keep for reading some tensors again later: the safetensors readers hold only the header
+    rereadable = True
 
     def tensor(self, key: str, rows: slice | None = None) -> torch.Tensor:
         """A fresh tensor; with rows, only those rows of dim 0 are read (the rest of the tensor is never copied)."""
         raise NotImplementedError
+
+    def files(self) -> list[Path]:
+        """The files this checkpoint reads from (file_identity tells whether any changed since)."""
+        return [self.path]
 
     def shape_of(self, source: str | TensorPart) -> tuple:
         return self.shapes[source] if isinstance(source, str) else source.shape
@@ -144,12 +150,17 @@ class ShardedSafetensors(Checkpoint):
             for key, shape in shard.shapes.items():
                 self._shard_of[key], self.shapes[key] = shard, shape
 
+    def files(self) -> list[Path]:
+        return sorted({shard.path for shard in self._shard_of.values()})
+
     def tensor(self, key: str, rows: slice | None = None) -> torch.Tensor:
         return self._shard_of[key].tensor(key, rows)
 
 
 class TorchPickleFile(Checkpoint):
     """A `.pth` state dict, memory-mapped; `weights_only=True` refuses anything that is not plain tensors."""
+
+    rereadable = False  # kept alive, its memory map's touched pages stay counted as resident memory
 
     def __init__(self, path, role: str):
         self.path, self.role = Path(path), role
@@ -227,6 +238,17 @@ def open_checkpoint(path, role: str) -> Checkpoint:
     return wrap_scaled_fp8(checkpoint)
 
 
+def file_identity(paths) -> tuple:
+    """(path, size, modification time) of each file, or of each file under a folder: equal identities mean the
+    same bytes for every practical purpose (a rewritten or replaced file changes its time), without reading them."""
+    identity = []
+    for path in map(Path, paths):
+        for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+            stat = file.stat()
+            identity.append((str(file.resolve()), stat.st_size, stat.st_mtime_ns))
+    return tuple(identity)
+
+
 # ---- ComfyUI's scaled fp8 ---------------------------------------------------------------------------------------
 
 SCALED_FP8_MARKER = "scaled_fp8"
@@ -240,6 +262,13 @@ class ScaledFp8Checkpoint(Checkpoint):
         self.inner, self.path, self.role = inner, inner.path, inner.role
         self.shapes = {key: shape for key, shape in inner.shapes.items()
                        if key != SCALED_FP8_MARKER and not key.endswith(SCALE_SUFFIXES)}
+
+    @property
+    def rereadable(self) -> bool:
+        return self.inner.rereadable
+
+    def files(self) -> list[Path]:
+        return self.inner.files()
 
     def tensor(self, key: str, rows: slice | None = None) -> torch.Tensor:
         tensor = self.inner.tensor(key, rows)  # scale_weight is one number for the whole tensor

@@ -9,6 +9,7 @@ dtype.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from accelerate import init_empty_weights
@@ -16,7 +17,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-from .checkpoint import Checkpoint, SafetensorsFile, TensorPart, open_checkpoint, source_key
+from .checkpoint import Checkpoint, SafetensorsFile, TensorPart, file_identity, open_checkpoint, source_key
 from .clip_names import is_open_clip, open_clip_vision_names
 from ..errors import WanInputError
 from .t5_names import is_wan_t5, wan_t5_names
@@ -63,6 +64,31 @@ def _materialise(module_class, config, checkpoint: Checkpoint, names: dict[str, 
     except RuntimeError as error:
         checkpoint.fail(f"does not match the architecture read from its shapes: {error}")
     return module.eval().requires_grad_(False)
+
+
+@dataclass
+class WeightSources:
+    """Where each parameter of a loaded module was read from, so that its base value can be read again later from
+    the file instead of kept as a copy in RAM (LoRA removal, lora/apply.py). `identity` is the files' identity at
+    load (file_identity): a file changed since then no longer holds the loaded weights, and is refused."""
+
+    checkpoint: Checkpoint
+    names: dict[str, str | TensorPart]  # parameter name -> its file tensor (or part of one)
+    identity: tuple
+
+    def check_unchanged(self) -> None:
+        if file_identity(self.checkpoint.files()) != self.identity:
+            self.checkpoint.fail("has changed on disk since the model was loaded, so its base weights cannot be "
+                                 "read back: load the model again")
+
+    def read(self, name: str, dtype: torch.dtype, rows: slice) -> torch.Tensor:
+        """Rows `rows` (of dim 0) of the parameter's value as loaded, on the CPU: the same positioned read and the
+        same cast as at load (ComfyUI's scaled fp8 dequantised by the reader, fp8 storage saturated by
+        to_storage), so bit-exact. A parameter that is part of a file tensor is read whole, then cut."""
+        source = self.names[name]
+        if isinstance(source, str):
+            return to_storage(self.checkpoint.tensor(source, rows), dtype)
+        return to_storage(self.checkpoint.read(source)[rows], dtype)
 
 
 def _describe_component(shapes: dict) -> str:
@@ -133,11 +159,20 @@ def read_transformer_config(path) -> dict:
 def load_transformer(path, dtype=torch.float32, weight_storage: str | None = None) -> WanTransformer3DModel:
     """The diffusion model from a file or folder in any supported layout; weight_storage "fp8" keeps its
     Linear/Conv weights in float8_e4m3fn, upcast to `dtype` one layer at a time (see precision.py)."""
+    return load_transformer_with_sources(path, dtype, weight_storage)[0]
+
+
+def load_transformer_with_sources(path, dtype=torch.float32, weight_storage: str | None = None
+                                  ) -> tuple[WanTransformer3DModel, WeightSources | None]:
+    """load_transformer, plus where each parameter came from (what LoRA removal reads base weights back from);
+    None for a .pth file, which cannot be kept open cheaply (Checkpoint.rereadable)."""
     storage = check_weight_storage(weight_storage)
     checkpoint, names, config = _transformer_layout(path)
     keep_fp32 = keep_in_fp32_modules(WanTransformer3DModel)
     prepare = (lambda module: prepare_fp8_storage(module, dtype)) if storage == "fp8" else None
-    return _materialise(WanTransformer3DModel, config, checkpoint, names, dtype, keep_fp32, prepare)
+    identity = file_identity(checkpoint.files())  # before reading: a change while loading is caught later
+    model = _materialise(WanTransformer3DModel, config, checkpoint, names, dtype, keep_fp32, prepare)
+    return model, WeightSources(checkpoint, names, identity) if checkpoint.rereadable else None
 
 
 # ---- VAE -------------------------------------------------------------------------------------------------------

@@ -1,13 +1,17 @@
 """Apply a LoRA stack to a loaded Wan model, reversibly: W' = W + sum(scale * alpha/rank * B @ A + scale * diff).
 
-The base value of every weight a stack touches is kept as a bit-exact copy on the CPU (as ComfyUI's ModelPatcher
-keeps its backup): a later stack is computed from that copy, never from an already patched weight, so switching
-stacks does not accumulate rounding, and removing the stack copies the base values back exactly. Subtracting the
-delta again would not be exact in bf16 or fp8, and re-reading the model file would need the file and its dtype
-conversion at hand. Only touched weights are copied, and their copies are dropped when no stack needs them.
+Every patched weight is computed from its base value, never from an already patched weight, so switching stacks
+does not accumulate rounding, and removing the stack writes the base values back bit-exactly (subtracting the
+delta again would not be exact in bf16 or fp8). The base value of a weight loaded from a file is read again from
+that file when it is needed (a positioned read of that one tensor, cast as at load: files/loading.WeightSources),
+so no copy of the touched weights is kept in RAM; 14B in bf16 would need up to 28 GB for one. A model whose
+weights came from no file the loader can read again (the tests' and benchmarks' in-memory models, a .pth file)
+keeps a CPU copy of each weight it patches instead, as ComfyUI's ModelPatcher keeps its backups, dropped when no
+stack needs it.
 
-That patch state (the backups, the applied stack) belongs to the WanModels that owns the transformer
-(`models.lora`, a LoraPatches): WanModels.configured is the one caller of set_lora_stack in a run.
+That patch state (the weights' sources or backups, the patched names, the applied stack) belongs to the
+WanModels that owns the transformer (`models.lora`, a LoraPatches): WanModels.configured is the one caller of
+set_lora_stack in a run.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ from .sources import local_lora_file, resolve_lora_file
 from .stack import LoraEntry, LoraStack
 
 if TYPE_CHECKING:
+    from ..files.loading import WeightSources
     from ..sampling.models import WanModels
 
 log = logging.getLogger("wanflow")
 COMPUTE_DTYPE = torch.float32  # the sum is formed in float32 whatever the storage dtype (bf16, fp16, fp8), then cast
+CHUNK_ELEMENTS = 2**21  # values per chunk of rows patched at once: 8 MB in float32
 
 
 @dataclass
@@ -70,7 +76,9 @@ class LoraReport:
 class LoraPatches:
     """What a transformer's weights hold beyond the base model: kept by the WanModels that owns the transformer."""
 
+    sources: WeightSources | None = None  # set at load; None: base values are kept in `backups` (module docstring)
     backups: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter name -> its base value, on the CPU
+    patched: set[str] = field(default_factory=set)  # parameters that now differ from their base value
     signature: tuple = ()  # the applied stack (stack_signature); () is the base model
     report: LoraReport = field(default_factory=LoraReport)
 
@@ -107,6 +115,8 @@ def set_lora_stack(models: WanModels, stack: LoraStack | None, loras_dir: Path |
     for lora in parsed:
         check_shapes(lora, transformer)
     report = _report(parsed, entries)
+    if state.sources is not None:
+        state.sources.check_unchanged()  # before any weight changes: the file must still hold the base weights
     try:
         report.patched_weights = _patch(transformer, state, _contributions(parsed, entries))
     except BaseException:  # KeyboardInterrupt and ComfyUI's interrupt included: half-written weights never stay
@@ -181,29 +191,57 @@ def _contributions(parsed: list[ParsedLora], entries) -> dict[str, list[tuple[fl
     return wanted
 
 
-@torch.no_grad()
+def _base_value(state: LoraPatches, name: str, param: torch.Tensor, rows: slice) -> torch.Tensor:
+    """Rows of the parameter's base value on the CPU: read again from the model file, or cut from its kept copy
+    (the whole parameter, taken on first use, while it still holds the base value)."""
+    if state.sources is not None:
+        return state.sources.read(name, param.dtype, rows)
+    if name not in state.backups:
+        state.backups[name] = param.detach().to("cpu", copy=True)
+    return state.backups[name][rows]
+
+
+def _row_chunks(param: torch.Tensor) -> list[slice]:
+    """Slices of dim 0 of at most CHUNK_ELEMENTS values each: a weight is read, summed and written a few MB at a
+    time, so the memory beyond the model's stays a few MB whatever the layer (a 14B FFN weight is 70M values)."""
+    step = max(1, CHUNK_ELEMENTS // max(1, param[0].numel()))
+    return [slice(start, min(start + step, param.shape[0])) for start in range(0, param.shape[0], step)]
+
+
+# inference_mode, not no_grad: fp8 storage's casting hooks reassign weights during inference-mode forward passes,
+# which makes them inference tensors, and those (and views of them, as the row chunks are) may be written in place
+# only inside inference mode; ordinary weights may be written there as well.
+@torch.inference_mode()
+def _restore(params: dict[str, torch.Tensor], state: LoraPatches, names) -> None:
+    for name in list(names):
+        for rows in _row_chunks(params[name]):
+            params[name][rows].copy_(_base_value(state, name, params[name], rows))
+        state.patched.discard(name)
+        state.backups.pop(name, None)
+
+
+@torch.inference_mode()
 def _restore_base(transformer: torch.nn.Module, state: LoraPatches) -> None:
-    params = dict(transformer.named_parameters())
-    for name in list(state.backups):
-        params[name].copy_(state.backups.pop(name))
+    _restore(dict(transformer.named_parameters()), state, state.patched | state.backups.keys())
     state.signature, state.report = (), LoraReport()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _patch(transformer: torch.nn.Module, state: LoraPatches, wanted: dict[str, list]) -> int:
-    """Restore the weights the new stack leaves alone, then write base + deltas into the ones it changes."""
+    """Restore the weights the new stack leaves alone, then write base + deltas into the ones it changes, one
+    chunk of rows at a time (_row_chunks)."""
     params = dict(transformer.named_parameters())
-    for name in [name for name in state.backups if name not in wanted]:
-        params[name].copy_(state.backups.pop(name))
+    _restore(params, state, [name for name in state.patched if name not in wanted])
     for name, contributions in wanted.items():
         param = params[name]
-        if name not in state.backups:
-            state.backups[name] = param.detach().to("cpu", copy=True)
-        patched = state.backups[name].to(param.device, COMPUTE_DTYPE, copy=True)  # the backup itself stays untouched
-        for scale, delta, kind in contributions:
-            if kind == "weight":
-                delta.add_to_weight(patched, scale)
-            else:
-                patched.add_(delta.diff_b.to(patched), alpha=scale)
-        param.copy_(patched.to(param.dtype))  # fp8 and other storage dtypes: cast back once, after the sum
+        state.patched.add(name)  # before the first write: an interrupt inside it still restores this weight
+        for rows in _row_chunks(param):
+            patched = _base_value(state, name, param, rows).to(param.device, COMPUTE_DTYPE, copy=True)
+            for scale, delta, kind in contributions:
+                if kind == "weight":
+                    delta.add_to_weight(patched, scale, rows)
+                else:
+                    patched.add_(delta.diff_b[rows].to(patched), alpha=scale)
+            param[rows].copy_(patched)  # fp8 and other storage dtypes: cast once, after the sum, into the weight
+            del patched  # freed before the next chunk's base value is read
     return len(wanted)

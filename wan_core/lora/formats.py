@@ -62,16 +62,17 @@ class ModuleDelta:
     def has_pair(self) -> bool:
         return self.down is not None and self.up is not None
 
-    def add_to_weight(self, weight: torch.Tensor, scale: float):
+    def add_to_weight(self, weight: torch.Tensor, scale: float, rows: slice = slice(None)):
         """weight += scale * (alpha/rank * B @ A + diff), in place and in weight's dtype; addmm_ forms B @ A straight
-        into the weight, so no full-size delta is ever allocated."""
+        into the weight, so no full-size delta is ever allocated. `weight` may be rows `rows` of the layer's weight
+        (each row of B @ A is its own dot products, so the rows come out as in one product)."""
         if self.has_pair:
             rank = self.down.shape[0]
             ratio = (self.alpha if self.alpha is not None else rank) / rank
-            up, down = self.up.flatten(1).to(weight), self.down.flatten(1).to(weight)  # [out, rank], [rank, in*kernel]
+            up, down = self.up[rows].flatten(1).to(weight), self.down.flatten(1).to(weight)  # [out, rank], [rank, in*k]
             weight.view(weight.shape[0], -1).addmm_(up, down, alpha=scale * ratio)
         if self.diff is not None:
-            weight.add_(self.diff.to(weight), alpha=scale)
+            weight.add_(self.diff[rows].to(weight), alpha=scale)
 
 
 @dataclass

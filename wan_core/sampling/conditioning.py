@@ -25,13 +25,33 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(html.unescape(ftfy.fix_text(text)))).strip()
 
 
+def prompt_key(models: WanModels, prompt: str) -> tuple | None:
+    """What decides a prompt's embedding (prompt_cache.py): the text encoder's files, its weights' and the output's
+    dtypes, the device type, the text. None for a text encoder that came from no file (the key could not tell two
+    such encoders apart): its prompts are encoded every time."""
+    if models.text_encoder_identity is None or models.prompt_cache is None:
+        return None
+    weight_dtypes = sorted({str(param.dtype) for param in models.text_encoder.parameters()})  # fp8 storage differs
+    return (models.text_encoder_identity, *weight_dtypes, str(models.dtype), models.device.type, prompt)
+
+
+def is_prompt_cached(models: WanModels, prompt: str) -> bool:
+    key = prompt_key(models, prompt)
+    return key is not None and models.prompt_cache.get(key) is not None
+
+
 @torch.inference_mode()
 def encode_prompt(models: WanModels, prompt: str) -> torch.Tensor:
-    """Text -> [1, 512, text_dim]: UMT5 states of the real tokens, zero padded."""
-    tokens = models.tokenizer(clean_prompt(prompt), max_length=TEXT_LENGTH, truncation=True, return_tensors="pt")
-    ids, mask = tokens.input_ids.to(models.device), tokens.attention_mask.to(models.device)
-    states = models.text_encoder(ids, mask).last_hidden_state
-    return F.pad(states, (0, 0, 0, TEXT_LENGTH - states.shape[1])).to(models.device, models.dtype)
+    """Text -> [1, 512, text_dim]: UMT5 states of the real tokens, zero padded; a cached prompt runs no encoder."""
+    key = prompt_key(models, prompt)
+    states = None if key is None else models.prompt_cache.get(key)
+    if states is None:
+        tokens = models.tokenizer(clean_prompt(prompt), max_length=TEXT_LENGTH, truncation=True, return_tensors="pt")
+        ids, mask = tokens.input_ids.to(models.device), tokens.attention_mask.to(models.device)
+        states = models.text_encoder(ids, mask).last_hidden_state.to(models.dtype)
+        if key is not None:
+            models.prompt_cache.put(key, states)
+    return F.pad(states.to(models.device, models.dtype), (0, 0, 0, TEXT_LENGTH - states.shape[1]))
 
 
 def fit_frames(frames: torch.Tensor, width: int, height: int, fit: str = "crop") -> torch.Tensor:

@@ -32,12 +32,14 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import CLIPImageProcessorPil, CLIPVisionModel, T5Tokenizer, UMT5EncoderModel
 
 from ..errors import WanInputError, check_range
-from ..files.loading import load_clip_vision, load_text_encoder, load_transformer, load_vae
+from ..files.loading import load_clip_vision, load_text_encoder, load_transformer_with_sources, load_vae
+from ..files.checkpoint import file_identity
 from ..files.precision import check_weight_storage
 from ..lora.apply import LoraPatches, LoraReport, set_lora_stack
 from ..lora.stack import LoraStack
 from . import speed
 from .parallel import ParallelRun
+from .prompt_cache import SHARED_PROMPTS, PromptCache
 from .params import STEP_CACHE_RANGE
 
 # The networks a stage can ask for (WanModels.use); the tokenizer and image processor run on the CPU.
@@ -65,6 +67,11 @@ class WanModels:
     device: torch.device | None = None  # None: where the transformer's weights are when the bundle is made
     placement: Callable[[WanModels, tuple[str, ...]], None] | None = None
     parallel: ParallelRun | None = None
+    # the text encoder's files (file_identity), set at load: a prompt's embedding is then cached under it (None:
+    # an encoder from no file, encoded every time); prompt_cache None turns caching off
+    text_encoder_identity: tuple | None = None
+    offload: str = "none"  # as loaded (speed.OFFLOADS); "blocks": the transformer's blocks stream to `device`
+    prompt_cache: PromptCache | None = field(default_factory=lambda: SHARED_PROMPTS)
     lora: LoraPatches = field(default_factory=LoraPatches, init=False, repr=False)
     attention: str = field(default="auto", init=False)  # as loaded: diffusers' default
     compiled: bool = field(default=False, init=False)
@@ -113,6 +120,7 @@ class WanModels:
         if self._in_run:
             raise RuntimeError("WanModels.configured is already active: one run at a time per loaded model")
         check_range("step_cache", step_cache, *STEP_CACHE_RANGE)
+        speed.check_block_swap(self.offload, step_cache)
         if not isinstance(vae_tiling, bool):
             raise WanInputError(f"vae_tiling={vae_tiling!r} is not allowed: choose True or False")
         speed.check_model_speed(self.attention if attention is None else attention,
@@ -181,6 +189,8 @@ def model_offload(models: WanModels, names: tuple[str, ...]) -> None:
     decoding) that such a chain orders only once. Networks leave first, so the GPU holds one stage at a time.
     """
     networks = models.networks()
+    if models.offload == "blocks":  # its blocks move under group offloading's hooks; moving it whole undoes them
+        del networks["transformer"]
     for name in sorted(networks, key=lambda name: name in names):
         networks[name].to(models.device if name in names else "cpu")
 
@@ -193,15 +203,23 @@ def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torc
     compute dtype and `device` the compute device; weight_storage="fp8" keeps the transformer's and the text
     encoder's weights in float8_e4m3fn, upcast per layer. `tokenizer` is a tokenizer folder for text encoder files
     that carry none (see files/tokenizer.py for where else it looks). offload="model" keeps the networks on the
-    CPU and moves each to `device` for its stage. Speed settings and LoRAs are a run's: WanModels.configured.
+    CPU and moves each to `device` for its stage; offload="blocks" does so too, but streams the transformer's blocks
+    to `device` one at a time during sampling (speed.enable_block_swap). Speed settings and LoRAs are a run's:
+    WanModels.configured.
     """
     check_weight_storage(weight_storage)
     speed.check_offload(offload, device)
-    home = "cpu" if offload == "model" else device  # where the networks wait between stages
-    transformer = load_transformer(diffusion_model, dtype, weight_storage).to(home)
+    home = "cpu" if offload != "none" else device  # where the networks wait between stages
+    transformer, sources = load_transformer_with_sources(diffusion_model, dtype, weight_storage)
+    transformer.to(home)
     encoder, tokenizer = load_text_encoder(text_encoder, dtype, tokenizer, weight_storage)
     models = WanModels(transformer, load_vae(vae, dtype).to(home), encoder.to(home), tokenizer,
-                       device=torch.device(device), placement=model_offload if offload == "model" else None)
+                       device=torch.device(device), placement=model_offload if offload != "none" else None,
+                       offload=offload)
+    if offload == "blocks":
+        speed.enable_block_swap(transformer, device)
+    models.lora.sources = sources  # LoRA removal reads base weights back from the file instead of keeping copies
+    models.text_encoder_identity = file_identity([text_encoder])
     if clip_vision is not None and transformer.config.image_dim is not None:
         models.image_encoder, models.image_processor = load_clip_vision(clip_vision, dtype)
         models.image_encoder.to(home)

@@ -39,7 +39,11 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def encode_prompts(models: WanModels, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The prompt's and the negative prompt's embeddings; no negative when guidance 1 skips its pass."""
+    """The prompt's and the negative prompt's embeddings; no negative when guidance 1 skips its pass. The text
+    encoder's stage runs only for a prompt not cached (prompt_cache.py): ComfyUI then loads no text encoder."""
+    texts = [params.prompt] + ([] if params.guidance_scale == 1.0 else [params.negative_prompt])
+    if not all(conditioning.is_prompt_cached(models, text) for text in texts):
+        models.use("text_encoder")
     positive = conditioning.encode_prompt(models, params.prompt)
     negative = None if params.guidance_scale == 1.0 else conditioning.encode_prompt(models, params.negative_prompt)
     return positive, negative
@@ -100,7 +104,6 @@ def generate_i2v(models: WanModels, image: torch.Tensor, params: SamplingParams,
         raise WanInputError("the diffusion model is a text-to-video model (16 input channels): image-to-video needs "
                             "an I2V model such as wan2.1_i2v_480p_14B")
     frame = conditioning.fit_frames(image[:1], params.width, params.height, params.fit)[0]
-    models.use("text_encoder")
     prompts = encode_prompts(models, params)
     image_tokens, condition = _image_conditioning(models, frame, params)
     models.use("transformer")
@@ -116,7 +119,6 @@ def generate_v2v(models: WanModels, video: torch.Tensor, params: SamplingParams,
     if video.shape[0] < params.num_frames:
         raise WanInputError(f"frames={params.num_frames} asks for more frames than the source video has ({video.shape[0]})")
     frames = conditioning.fit_frames(video[: params.num_frames], params.width, params.height, params.fit)
-    models.use("text_encoder")
     prompts = encode_prompts(models, params)
     models.use("vae")
     source = conditioning.normalise_latents(models, conditioning.encode_frames(models, frames))

@@ -31,6 +31,19 @@ them) and see LoRA patches, which are written into the weights themselves.
 Model offload: with offload "model" every network waits on the CPU and only the networks of the running stage are
 on the GPU (WanModels.use): Wan 14B in fp8 (~14 GB), UMT5-XXL (~11 GB in bf16), CLIP-H and the VAE sum to ~27 GB,
 more than a 24 GB GPU, while the largest stage, sampling, needs the transformer alone.
+
+Block swap: with offload "blocks" the other networks move per stage as with "model", and the transformer itself
+never moves as a whole: diffusers' block-level group offloading (`ModelMixin.enable_group_offload`,
+offload_type="block_level", one block per group, use_stream=True) keeps its blocks in pinned CPU memory and copies
+each to the GPU on a separate CUDA stream while the block before it computes, then drops it again; the layers
+outside the blocks (embedders, head) move at each transformer call. GPU memory for the transformer is then about
+two blocks plus those layers (block_swap_resident_bytes): 14B in bf16 (28 GB) or fp8 (14-16 GB) runs on a 12-16 GB
+card, at the price of one PCIe transfer of the weights per transformer pass. diffusers' streams move one block at a
+time (it sets num_blocks_per_group to 1 with use_stream), so no "blocks kept resident" count is offered. It stacks
+with fp8 storage (the layerwise casting hooks sit on the layers inside the blocks, and the fp8 weights are what
+moves), with LoRA stacks (patched in place into the CPU-side weights, which are what the hooks copy from), with
+every attention kernel, and with compiled blocks. The step cache (First Block Cache) is refused with it: see
+check_block_swap.
 """
 
 from __future__ import annotations
@@ -103,13 +116,43 @@ def set_compiled(transformer: WanTransformer3DModel, compile: bool) -> None:
             uncompile(block)
 
 
-OFFLOADS = ("none", "model")
+OFFLOADS = ("none", "model", "blocks")
+BLOCKS_IN_FLIGHT = 2  # with streams: the block computing and the next one being copied
 
 
 def check_offload(offload: str, device) -> None:
     """Moving networks to a GPU and back needs a GPU: refused on the CPU rather than silently meaning nothing."""
-    if check_choice("offload", offload, OFFLOADS) == "model" and torch.device(device).type != "cuda":
+    if check_choice("offload", offload, OFFLOADS) != "none" and torch.device(device).type != "cuda":
         raise WanInputError(f"offload={offload!r} needs a CUDA device, and this runs on {device}: choose 'none'")
+
+
+def check_block_swap(offload: str, step_cache: float) -> None:
+    """Refuse what block swap cannot run with. First Block Cache skips blocks 2..N of a pass, while the stream
+    prefetch of group offloading follows the execution order recorded on the first pass: a skipped block's group
+    would be left copied, or the next pass would wait on a block that never ran."""
+    if offload == "blocks" and step_cache:
+        raise WanInputError(f"step_cache={step_cache:g} cannot run with offload='blocks' (the cache skips the "
+                            "blocks the swap is streaming in order): set step_cache to 0, or offload to 'model'")
+
+
+def enable_block_swap(transformer: WanTransformer3DModel, device) -> None:
+    """Keep the transformer's blocks on the CPU and stream each to `device` for its turn (module docstring).
+
+    Streams need CUDA; elsewhere (the tests' CPU runs, with onload and offload device both the CPU) the same hooks
+    move each group synchronously, which exercises everything but the overlap."""
+    device = torch.device(device)
+    transformer.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"),
+                                     offload_type="block_level", num_blocks_per_group=1,
+                                     use_stream=device.type == "cuda")
+
+
+def block_swap_resident_bytes(transformer: WanTransformer3DModel) -> int:
+    """The transformer's GPU memory under block swap: the layers outside the blocks plus the blocks in flight."""
+    def size(module):
+        return sum(tensor.numel() * tensor.element_size() for tensor in [*module.parameters(), *module.buffers()])
+
+    blocks = [size(block) for block in transformer.blocks]
+    return size(transformer) - sum(blocks) + BLOCKS_IN_FLIGHT * max(blocks)
 
 
 @contextmanager
