@@ -12,8 +12,9 @@ from tqdm import tqdm
 
 from ..errors import WanInputError, check_range
 from ..lora.stack import stack_from_options
-from ..sampling.params import DTYPES, FLOW_SHIFT_AUTO, FLOW_SHIFT_HELP, PARITY_CHOICES, SAMPLER_NAMES, \
-    STEP_CACHE_RANGE, SamplingParams, frame_count, parse_size, source_frame_count
+from ..sampling.params import DTYPES, FLOW_SHIFT_AUTO, FLOW_SHIFT_HELP, PARITY_CHOICES, PRESET_CHOICES, PRESET_HELP, \
+    PRESET_NONE, SAMPLER_NAMES, STEP_CACHE_RANGE, SamplingParams, check_step_caches, frame_count, parse_size, \
+    source_frame_count
 from ..files.precision import WEIGHT_STORAGES
 from ..sampling.speed import ATTENTION_CHOICES, OFFLOADS, check_model_speed, check_offload
 from ..video_io import DEFAULT_FPS, check_output_path, read_image, read_video, write_video
@@ -38,16 +39,22 @@ def _add_common(parser: argparse.ArgumentParser):
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--duration", type=float, help="seconds at 16 fps (default 5: 81 frames)")
     length.add_argument("--frames", type=int, help="frame count of the form 4n+1")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--guidance-scale", type=float, default=5.0)
+    parser.add_argument("--preset", choices=PRESET_CHOICES, default=PRESET_NONE,
+                        help=f"{PRESET_HELP}; steps, guidance, shift and sampler then come from the preset")
+    parser.add_argument("--steps", type=int, help="default 30 (the preset's with --preset)")
+    parser.add_argument("--guidance-scale", type=float, help="default 5 (the preset's with --preset)")
     parser.add_argument("--flow-shift", type=float, default=FLOW_SHIFT_AUTO, help=f"1-20; {FLOW_SHIFT_HELP}")
     parser.add_argument("--seed", type=int, default=-1, help="-1 draws one; the seed used is printed")
-    parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="unipc")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="default unipc (the preset's with --preset)")
     parser.add_argument("--parity", choices=PARITY_CHOICES, default="diffusers",
                         help="where diffusers 0.42's Wan pipelines and Wan's reference differ (sigma spacing, CLIP "
                              "input cropped or squashed), follow diffusers (default, tested) or wan")
+    parser.add_argument("--fast", action="store_true",
+                        help="fast mode: a step cache calibrated for the model (MagCache, with the published Wan 2.1 "
+                             "ratios, or measured once for any other model) that skips transformer passes at a "
+                             "small loss of quality")
     parser.add_argument("--step-cache", type=float, default=0.0, metavar="T",
-                        help="fast mode, 0-1 (default 0: off): where the first transformer block's output changed "
+                        help="expert step cache, 0-1 (default 0: off): where the first transformer block's output changed "
                              "by less than T (relative) since the last full pass, skip the other blocks and reuse "
                              "their change from that pass; 0.05-0.1 trade a little quality for fewer transformer "
                              "passes on real weights")
@@ -91,7 +98,7 @@ def _params(args, num_frames: int, **extra) -> SamplingParams:
     return SamplingParams(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height, num_frames=num_frames,
         steps=args.steps, guidance_scale=args.guidance_scale, flow_shift=args.flow_shift, seed=args.seed,
-        sampler=args.sampler, parity=args.parity, **extra,
+        sampler=args.sampler, parity=args.parity, preset=args.preset, **extra,
     )
 
 
@@ -115,6 +122,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     check_model_speed(args.attention, args.compile, args.device, dtype)
     check_offload(args.offload, args.device)
     check_range("step_cache", args.step_cache, *STEP_CACHE_RANGE)
+    check_step_caches(args.fast, args.step_cache)
     loras = stack_from_options(args.lora)
     loras_dir = Path(args.model) / "loras" if args.model and args.model != "tiny" else None
     for entry in loras:  # a missing file or an unreachable URL fails here, before the models load
@@ -125,7 +133,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, args.device,
                          weight_storage=args.weight_storage, tokenizer=files.tokenizer, offload=args.offload)
     with models.configured(loras=loras, loras_dir=loras_dir, attention=args.attention, compile=args.compile,
-                           step_cache=args.step_cache), \
+                           step_cache=args.step_cache, fast_mode=args.fast), \
             tqdm(total=params.steps, desc="sampling", unit="step", file=sys.stderr) as bar:
         if loras:
             print(models.lora_report.summary(), file=sys.stderr)
@@ -140,7 +148,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams) -> int:
     write_video(out, frames, DEFAULT_FPS)
     elapsed = time.perf_counter() - started
     print(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {DEFAULT_FPS} fps)")
-    print(f"seed: {generation.seed}  wall time: {elapsed:.1f} s")
+    print(f"seed: {generation.seed}  {models.passes.line()}  wall time: {elapsed:.1f} s")
     return 0
 
 
