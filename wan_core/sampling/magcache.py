@@ -30,6 +30,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,7 +79,7 @@ def calibration_file(models: WanModels, sigmas: list[float]) -> Path:
         stat = Path(source).stat()
         identity = [str(Path(source).resolve()), stat.st_size, stat.st_mtime_ns]
     else:  # a bundle built in Python from modules: its weights' own fingerprint
-        identity = [float(param.detach().double().sum()) for param in models.transformer.parameters()][:8]
+        identity = [float(param.detach().double().sum()) for param in islice(models.transformer.parameters(), 8)]
     key = json.dumps([identity, repr(models.lora.signature), str(models.dtype), [round(s, 6) for s in sigmas]])
     return wanflow_cache_dir() / "magcache" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
@@ -116,11 +117,12 @@ class _Results(logging.Handler):
 
 @contextmanager
 def calibration_results() -> Iterator[list[list[float]]]:
-    """The ratio lists MagCache's calibrate mode reports (one per guidance branch, the conditional first) while the
-    block runs; its printout of the same goes to the log instead of stdout."""
+    """The ratio lists MagCache's calibrate mode logs (one per guidance branch, the conditional first) while the
+    block runs; its printout of the same to stdout is dropped."""
     logger, handler = logging.getLogger(CALIBRATION_LOG), _Results()
-    level = logger.level
+    level, propagate = logger.level, logger.propagate
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # diffusers' own handlers keep their level: the list is not printed to the log either
     logger.addHandler(handler)
     try:
         with redirect_stdout(io.StringIO()):
@@ -128,6 +130,7 @@ def calibration_results() -> Iterator[list[list[float]]]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def store_calibration(path: Path, ratios: list[float], sigmas: list[float]) -> None:
