@@ -95,23 +95,25 @@ def cached_nodes(entry: dict) -> list[str]:
     return [node for kind, data in entry["status"]["messages"] if kind == "execution_cached" for node in data["nodes"]]
 
 
-def test_v2v_lora_workflow_writes_the_video(comfy):
-    workflow = tiny_workflow("wan21_v2v_480p_lora")
+def run_writes_the_video(comfy, name: str) -> dict:
+    """Queue a shipped workflow on the tiny model; it succeeds and saves the 9-frame video. Returns the workflow."""
+    workflow = tiny_workflow(name)
     entry = comfy.run(workflow)
     assert entry["status"]["status_str"] == "success", entry["status"]
     (video,) = saved_files(comfy, entry, node_of(workflow, "SaveVideo"))
     assert read_video(video)[0].shape == (9, 64, 80, 3)
+    return workflow
+
+
+def test_v2v_lora_workflow_writes_the_video(comfy):
+    workflow = run_writes_the_video(comfy, "wan21_v2v_480p_lora")
     assert node_of(workflow, "LoadWanModel") in cached_nodes(comfy.run(workflow))  # an identical post reuses it
     (applied,) = [line for line in comfy.log().splitlines() if f"{TINY_LORA} x1: " in line]
     assert "keys applied" in applied and "unmatched" not in applied
 
 
 def test_4step_workflow_runs_4_transformer_passes_and_logs_them(comfy):
-    workflow = tiny_workflow("wan21_i2v_480p_4step")
-    entry = comfy.run(workflow)
-    assert entry["status"]["status_str"] == "success", entry["status"]
-    (video,) = saved_files(comfy, entry, node_of(workflow, "SaveVideo"))
-    assert read_video(video)[0].shape == (9, 64, 80, 3)
+    run_writes_the_video(comfy, "wan21_i2v_480p_4step")
     assert "WanFlow: 4 transformer passes" in comfy.log()
 
 
