@@ -121,12 +121,13 @@ def test_fast_mode_skips_passes_and_a_preset_conflict_names_both(comfy):
     workflow = tiny_workflow("wan21_i2v_480p")
     sampler = node_of(workflow, "WanI2VSampler")
     workflow[sampler]["inputs"].update(fast_mode=True, steps=6)
-    for _ in range(2):  # the first fast run of a new model and schedule calibrates, the second skips
+    for seed in (1, 2):  # the first fast run of a new model and schedule calibrates, the second (a new seed, so
+        workflow[sampler]["inputs"]["seed"] = seed  # that ComfyUI runs it again) skips
         entry = comfy.run(workflow)
         assert entry["status"]["status_str"] == "success", entry["status"]
     assert "WanFlow: 12 transformer passes, 0 skipped by fast mode (calibrating" in comfy.log()
     assert re.search(r"WanFlow: 12 transformer passes, [1-9]\d* skipped by fast mode\n", comfy.log())
-    workflow[sampler]["inputs"].update(fast_mode=False, preset="4step", guidance=3.5)
+    workflow[sampler]["inputs"].update(fast_mode=False, preset="4step", steps=4, guidance=3.5)
     entry = comfy.run(workflow)
     assert "preset='4step' samples with guidance 1.0, and guidance 3.5 was asked for" in error_message(entry)
 
