@@ -153,9 +153,11 @@ class PassCount:
 
 @contextmanager
 def counting_passes(transformer: WanTransformer3DModel, count: PassCount) -> Iterator[PassCount]:
-    """Count the transformer's passes (a forward hook on it) and those that computed its blocks: a step cache that
-    skips swaps the blocks' forwards inside the call a hook on a block wraps, so the count watches the last block's
-    feed-forward layer, which only a computed pass reaches."""
+    """Count the transformer's passes while the block runs (a forward hook on it, outside the compiled blocks) and,
+    when a step cache is on (count.cache), those that computed its blocks: a cache that skips swaps the blocks'
+    forwards inside the call a hook on a block wraps, so that count watches the last block's feed-forward layer,
+    which only a computed pass reaches. Without a cache every pass computes, and no hook goes inside the blocks
+    (one added there for a run would have torch.compile trace compiled blocks again on every run)."""
 
     def passed(*_):
         count.passes += 1
@@ -163,9 +165,13 @@ def counting_passes(transformer: WanTransformer3DModel, count: PassCount) -> Ite
     def computed(*_):
         count.computed += 1
 
-    handles = [transformer.register_forward_hook(passed), transformer.blocks[-1].ffn.register_forward_hook(computed)]
+    handles = [transformer.register_forward_hook(passed)]
+    if count.cache:
+        handles.append(transformer.blocks[-1].ffn.register_forward_hook(computed))
     try:
         yield count
     finally:
         for handle in handles:
             handle.remove()
+        if not count.cache:
+            count.computed = count.passes
