@@ -15,7 +15,11 @@ per-step median. Rows are ratios to diffusers' pipeline with its defaults (PyTor
 to the GPU for its turn, so its peak GPU memory is the figure to compare with "auto"'s.
 
     python bench/bench_speed.py [--preset 14b|small] [--size 832*480] [--frames 81] [--steps 4]
-                                [--configs diffusers auto sdpa fp8 compile cache=0.1 sage flash flash3 blocks]
+                                [--configs diffusers auto sdpa fp8 compile cache=0.1 fast 4step sage flash flash3 blocks]
+
+fast is fast mode (MagCache; the 14B shape takes the published I2V 480p/720p ratios, the small one is calibrated
+by its first run, which is then left out); 4step is the distill preset (4 steps, guidance 1, whatever --steps says).
+Every row says its transformer passes and how many a cache skipped.
 
 Several GPUs: `torchrun --nproc_per_node N bench/bench_speed.py --parallel ulysses|cfg|cfg+ulysses ...` runs the
 wan_core configurations split over the N processes (diffusers' pipeline, which runs whole on every rank, is left
@@ -41,7 +45,7 @@ from diffusers import WanTransformer3DModel
 from PIL import Image
 from reference import reference_pipeline
 
-from wan_core.sampling import parallel, pipeline
+from wan_core.sampling import magcache, parallel, pipeline
 from wan_core.errors import WanInputError
 from wan_core.files.loading import WAN_HEAD_DIM
 from wan_core.sampling.models import load_models
@@ -91,9 +95,10 @@ def run_diffusers(models, picture, args, stamps: list) -> None:
               generator=torch.Generator().manual_seed(SEED), output_type="latent", callback_on_step_end=on_step)
 
 
-def run_wan_core(models, picture, args, stamps: list, settings: dict) -> None:
-    params = SamplingParams(prompt=PROMPT, width=args.width, height=args.height, num_frames=args.frames,
-                            steps=args.steps, flow_shift=SHIFT, seed=SEED)
+def run_wan_core(models, picture, args, stamps: list, settings: dict, preset: str = "none") -> None:
+    sampling = dict(preset=preset) if preset != "none" else dict(steps=args.steps, flow_shift=SHIFT)
+    params = SamplingParams(prompt=PROMPT, width=args.width, height=args.height, num_frames=args.frames, seed=SEED,
+                            **sampling)
     with models.configured(**settings):
         pipeline.generate_i2v(models, pil_to_frame(picture)[None], params,
                               lambda _step: stamps.append(synchronised_clock(args.device)))
@@ -108,7 +113,7 @@ def configure(models, config: str) -> dict:
         enable_block_swap(models.transformer, models.device)
         models.offload = "blocks"
     return dict(attention=config if config in ("sdpa", "sage", "flash", "flash3", "xformers") else "auto",
-                compile=config == "compile",
+                compile=config == "compile", fast_mode=config == "fast",
                 step_cache=float(config.split("=")[1]) if config.startswith("cache=") else 0.0)
 
 
@@ -121,10 +126,14 @@ def measure(models, picture, args, config: str) -> dict:
         with models.configured(**configure(models, "auto")):  # the transformer as diffusers loads it
             run_diffusers(models, picture, args, stamps)
     else:
-        run_wan_core(models, picture, args, stamps, configure(models, config))
+        if config == "fast" and magcache.published_table(models.transformer, args.width, args.height) is None:
+            run_wan_core(models, picture, args, [], configure(models, config))  # calibrates this model once
+            started = synchronised_clock(args.device)
+        run_wan_core(models, picture, args, stamps, configure(models, config), "4step" if config == "4step" else "none")
     steps = np.diff([started, *stamps])
     return {"step": statistics.median(steps[1:]) if len(steps) > 1 else steps[0],
             "first": steps[0], "total": stamps[-1] - started,
+            "passes": "-" if config == "diffusers" else models.passes.line(),
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")}
 
 
@@ -153,6 +162,7 @@ def main():
                          device=args.device)
     models.transformer = random_transformer(args.preset, args.device, dtype)
     models.parallel = parallel.ParallelRun(plan, torch.device(args.device)) if plan.world_size > 1 else None
+    models.source = None  # not the tiny file's transformer: fast mode keys a calibration by these weights instead
     # fp8 storage rounds the weights and diffusers cannot switch it off again: it runs last but block swap, whose
     # hooks stay on the transformer as well
     configs = sorted(args.configs, key=lambda config: {"fp8": 1, "blocks": 2}.get(config, 0))
@@ -176,14 +186,16 @@ def main():
           f"frames, {args.steps} UniPC steps, guidance 5 (two passes a step); parallel {args.parallel} over "
           f"{plan.world_size} process(es)")
     reference = results.get("diffusers", {}).get("step")
-    print("| configuration | s/step | vs diffusers | first step (s) | peak GPU memory (GiB) |\n|---|---|---|---|---|")
+    print("| configuration | s/step | vs diffusers | first step (s) | total (s) | transformer passes | "
+          "peak GPU memory (GiB) |\n|---|---|---|---|---|---|---|")
     for config, result in results.items():
         config = "blocks (fp8 storage)" if config == "blocks" and "fp8" in results else config
         if "error" in result:
-            print(f"| {config} | - | - | - | {result['error']} |")
+            print(f"| {config} | - | - | - | - | - | {result['error']} |")
             continue
         ratio = f"{result['step'] / reference:.3f}" if reference else "-"
-        print(f"| {config} | {result['step']:.3f} | {ratio} | {result['first']:.2f} | {result['peak_gib']:.1f} |")
+        print(f"| {config} | {result['step']:.3f} | {ratio} | {result['first']:.2f} | {result['total']:.1f} | "
+              f"{result['passes']} | {result['peak_gib']:.1f} |")
 
 
 if __name__ == "__main__":

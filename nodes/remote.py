@@ -22,7 +22,7 @@ PROVIDER_DEFAULT = "provider default"
 AUTO_SIZES = ("auto 480p", "auto 720p")  # the resolution's size in the picture's orientation (hosted_size)
 
 
-def _request(task, prompt, negative_prompt, size, duration, steps, guidance, flow_shift, seed, strength, fast,
+def _request(task, prompt, negative_prompt, size, duration, steps, guidance, flow_shift, seed, strength, fast_mode,
              safety_checker, prompt_extend, image=None, image_url="", video=None, video_url="", video_fps=DEFAULT_FPS,
              loras=None) -> RemoteRequest:
     """Widget values in RemoteRequest's words: the 'provider default' choices become None (left to the provider)."""
@@ -32,7 +32,7 @@ def _request(task, prompt, negative_prompt, size, duration, steps, guidance, flo
         task=task, prompt=prompt, negative_prompt=negative_prompt, size=None if size == PROVIDER_DEFAULT else size,
         duration=duration, steps=steps, guidance_scale=guidance, seed=seed,
         flow_shift=None if flow_shift == FLOW_SHIFT_AUTO else flow_shift,  # None: the provider's rule, the same one
-        strength=strength, fast=fast, safety_checker=safety_checker, prompt_extend=prompt_extend,
+        strength=strength, fast=fast_mode, safety_checker=safety_checker, prompt_extend=prompt_extend,
         image=image, image_url=image_url, video=video, video_url=video_url, video_fps=video_fps, loras=loras or (),
     )
 
@@ -70,8 +70,10 @@ class RemoteWanAPI(io.ComfyNode):
                              tooltip="-1 lets the provider draw one; the seed used is in the info output."),
                 io.Float.Input("strength", default=0.9, min=0.1, max=1.0, step=0.05,
                                tooltip="v2v: how far the result may move from the source video."),
-                io.Boolean.Input("fast", default=False,
-                                 tooltip="WaveSpeedAI ultra-fast variant, Novita / HighwayAPI fast_mode."),
+                io.Boolean.Input("fast_mode", default=False,
+                                 tooltip="Fast mode, as on the local samplers: fewer model passes at a small loss of "
+                                         "quality, here the provider's own (WaveSpeedAI's ultra-fast variant, Novita "
+                                         "and HighwayAPI fast_mode)."),
                 io.Boolean.Input("safety_checker", default=True, tooltip="The provider's NSFW check."),
                 io.Boolean.Input("prompt_extend", default=False, tooltip="GMI: let the provider rewrite the prompt."),
                 io.Image.Input("image", optional=True, tooltip="i2v: the first frame (or give image_url)."),

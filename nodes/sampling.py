@@ -9,10 +9,11 @@ from comfy_api.v0_0_2 import io
 
 from ..wan_core.sampling.params import FLOW_SHIFT_AUTO, FLOW_SHIFT_HELP, FLOW_SHIFT_RANGE, FRAMES_RANGE, GUIDANCE_RANGE, SAMPLER_NAMES, SEED_RANGE, SIZE_MULTIPLE, \
     SIZE_RANGE, STEP_CACHE_RANGE, STEPS_RANGE, STRENGTH_RANGE, WAN_NEGATIVE_PROMPT, SamplingParams, source_frame_count, \
-    CONTEXT_FRAMES_RANGE, CONTEXT_OVERLAP_DEFAULT, RESOLUTION_AREAS, TRAINED_FRAMES, auto_size
+    CONTEXT_FRAMES_RANGE, CONTEXT_OVERLAP_DEFAULT, RESOLUTION_AREAS, TRAINED_FRAMES, auto_size, \
+    PRESET_CHOICES, PRESET_HELP, PRESET_NONE, STANDARD_SETTINGS, check_step_caches
 from ..wan_core.errors import check_choice
 from ..wan_core.video_io import DEFAULT_FPS, resample_to_fps
-from .comfy_bridge import CATEGORY, WanModelType, step_progress
+from .comfy_bridge import CATEGORY, WanModelType, log, step_progress
 
 
 def _sampling_inputs(frames_tooltip: str) -> list[io.Input]:
@@ -28,17 +29,17 @@ def _sampling_inputs(frames_tooltip: str) -> list[io.Input]:
                      tooltip="With resolution custom: video height in pixels, a multiple of 16."),
         io.Int.Input("frames", default=81, min=FRAMES_RANGE[0], max=FRAMES_RANGE[1], step=4,
                      tooltip=frames_tooltip),
-        io.Int.Input("steps", default=30, min=STEPS_RANGE[0], max=STEPS_RANGE[1],
+        io.Int.Input("steps", default=STANDARD_SETTINGS["steps"], min=STEPS_RANGE[0], max=STEPS_RANGE[1],
                      tooltip="Sampling steps; more is slower and usually cleaner."),
-        io.Float.Input("guidance", default=5.0, min=GUIDANCE_RANGE[0], max=GUIDANCE_RANGE[1], step=0.1,
+        io.Float.Input("guidance", default=STANDARD_SETTINGS["guidance_scale"], min=GUIDANCE_RANGE[0], max=GUIDANCE_RANGE[1], step=0.1,
                        tooltip="Classifier-free guidance: how closely to follow the prompt; 1 skips the negative "
                                "prompt and runs twice as fast."),
-        io.Float.Input("flow_shift", default=FLOW_SHIFT_AUTO, min=FLOW_SHIFT_AUTO, max=FLOW_SHIFT_RANGE[1], step=0.1,
+        io.Float.Input("flow_shift", default=STANDARD_SETTINGS["flow_shift"], min=FLOW_SHIFT_AUTO, max=FLOW_SHIFT_RANGE[1], step=0.1,
                        tooltip=f"Shift of the flow-matching schedule, {FLOW_SHIFT_RANGE[0]:g} to "
                                f"{FLOW_SHIFT_RANGE[1]:g}; {FLOW_SHIFT_HELP}."),
         io.Int.Input("seed", default=0, min=0, max=SEED_RANGE[1], control_after_generate=True,
                      tooltip="The same seed and inputs give the same video."),
-        io.Combo.Input("sampler", options=list(SAMPLER_NAMES), default=SAMPLER_NAMES[0],
+        io.Combo.Input("sampler", options=list(SAMPLER_NAMES), default=STANDARD_SETTINGS["sampler"],
                        tooltip="unipc: Wan's default, good in few steps; euler: the plain flow-matching step."),
         # optional: prompts saved before these inputs existed still queue, with the cache off and the size custom
         io.Float.Input("step_cache", default=0.0, min=STEP_CACHE_RANGE[0], max=STEP_CACHE_RANGE[1], step=0.01,
@@ -51,6 +52,13 @@ def _sampling_inputs(frames_tooltip: str) -> list[io.Input]:
                                "area (a 4:3 picture gives 720x544 or 1104x816), the picture resized whole, as Wan's "
                                "reference and the hosted APIs do. custom: width x height, the picture scaled and "
                                "centre-cropped."),
+        io.Boolean.Input("fast_mode", default=False, optional=True,
+                         tooltip="Fast mode: a step cache calibrated for the model (MagCache: the published Wan 2.1 "
+                                 "ratios, or measured by the first fast run of a new model and schedule) skips "
+                                 "transformer passes at a small loss of quality. Use step_cache 0 with it."),
+        io.Combo.Input("preset", options=list(PRESET_CHOICES), default=PRESET_NONE, optional=True,
+                       tooltip=f"{PRESET_HELP}. Steps, guidance, flow shift and sampler left at their defaults take "
+                               "the preset's values; others that differ are refused."),
     ]
 
 
@@ -77,21 +85,27 @@ def _long_video_inputs() -> list[io.Input]:
 
 
 def _params(media, prompt, negative_prompt, width, height, frames, steps, guidance, flow_shift, seed, sampler,
-            resolution="custom", **extra) -> SamplingParams:
+            resolution="custom", preset=PRESET_NONE, **extra) -> SamplingParams:
     """media [T, H, W, 3]: the picture or source whose aspect ratio an auto resolution keeps. A prompt saved before
-    the resolution input existed has none: custom, as those graphs ran."""
+    the resolution input existed has none: custom, as those graphs ran. With a preset, a widget left at its default
+    is unset (the preset fills it); one set otherwise must agree."""
     check_choice("resolution", resolution, RESOLUTIONS)
     fit = "crop"
     if resolution != "custom":
         (width, height), fit = auto_size(media.shape[2], media.shape[1], resolution.split()[-1]), "resize"
+    chosen = {"steps": steps, "guidance_scale": guidance, "flow_shift": flow_shift, "sampler": sampler}
+    if preset != PRESET_NONE:
+        chosen = {name: None if value == STANDARD_SETTINGS[name] else value for name, value in chosen.items()}
     return SamplingParams(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, num_frames=frames,
-                          steps=steps, guidance_scale=guidance, flow_shift=flow_shift, seed=seed, sampler=sampler,
-                          fit=fit, **extra)
+                          seed=seed, preset=preset, fit=fit, **chosen, **extra)
 
 
-def _sample(generate, model, media: torch.Tensor, params: SamplingParams, step_cache: float) -> io.NodeOutput:
-    with model.configured(step_cache=step_cache) as models:
+def _sample(generate, model, media: torch.Tensor, params: SamplingParams, step_cache: float,
+            fast_mode: bool) -> io.NodeOutput:
+    check_step_caches(fast_mode, step_cache)
+    with model.configured(step_cache=step_cache, fast_mode=fast_mode) as models:
         generation = generate(models, media, params, step_progress(params.steps))
+        log.info("WanFlow: %s", models.passes.line())
     # ComfyUI's Wan 2.1 convention: raw VAE-space latents [B, 16, T, H/8, W/8], so core VAEDecode works on them
     return io.NodeOutput({"samples": generation.latents})
 
@@ -116,10 +130,10 @@ class WanI2VSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, image, step_cache=0.0, **inputs) -> io.NodeOutput:
+    def execute(cls, model, image, step_cache=0.0, fast_mode=False, **inputs) -> io.NodeOutput:
         from ..wan_core.sampling.pipeline import generate_i2v
 
-        return _sample(generate_i2v, model, image, _params(image, **inputs), step_cache)
+        return _sample(generate_i2v, model, image, _params(image, **inputs), step_cache, fast_mode)
 
 
 class WanV2VSampler(io.ComfyNode):
@@ -147,7 +161,8 @@ class WanV2VSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, video, strength, frames, step_cache=0.0, fps=float(DEFAULT_FPS), **inputs) -> io.NodeOutput:
+    def execute(cls, model, video, strength, frames, step_cache=0.0, fast_mode=False, fps=float(DEFAULT_FPS),
+                **inputs) -> io.NodeOutput:
         from ..wan_core.sampling.pipeline import generate_v2v
 
         video = resample_to_fps(video, fps)
@@ -155,7 +170,7 @@ class WanV2VSampler(io.ComfyNode):
         if note:
             logging.warning("Wan Video to Video: %s", note)
         params = _params(video, frames=frames, strength=strength, **inputs)
-        return _sample(generate_v2v, model, video, params, step_cache)
+        return _sample(generate_v2v, model, video, params, step_cache, fast_mode)
 
 
 class WanVAEDecode(io.ComfyNode):

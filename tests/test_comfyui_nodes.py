@@ -2,6 +2,7 @@
 tiny model, core nodes on both sides, caching, progress with previews, Cancel, and bad input said clearly."""
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -31,8 +32,9 @@ def tiny_workflow(name: str) -> dict:
                           text_encoder=TINY["text_encoder"], clip_vision=TINY["clip_vision"] if image_to_video else "none")
         if node["class_type"] == "WanLoRAStack":
             inputs.update(lora_1=TINY_LORA, source_1="")
-        if node["class_type"] in ("WanI2VSampler", "WanV2VSampler"):
-            inputs.update(SMALL)
+        if node["class_type"] in ("WanI2VSampler", "WanV2VSampler"):  # a preset keeps its own step count
+            inputs.update({key: value for key, value in SMALL.items()
+                           if key != "steps" or inputs.get("preset", "none") == "none"})
     return workflow
 
 
@@ -113,15 +115,41 @@ def test_prompt_extend_node_feeds_the_sampler_and_shows_its_prompt(comfy):
     assert "Qwen2.5-1.5B-Instruct" in response.text
 
 
-def test_v2v_lora_workflow_writes_the_video(comfy):
-    workflow = tiny_workflow("wan21_v2v_480p_lora")
+def run_writes_the_video(comfy, name: str) -> dict:
+    """Queue a shipped workflow on the tiny model; it succeeds and saves the 9-frame video. Returns the workflow."""
+    workflow = tiny_workflow(name)
     entry = comfy.run(workflow)
     assert entry["status"]["status_str"] == "success", entry["status"]
     (video,) = saved_files(comfy, entry, node_of(workflow, "SaveVideo"))
     assert read_video(video)[0].shape == (9, 64, 80, 3)
+    return workflow
+
+
+def test_v2v_lora_workflow_writes_the_video(comfy):
+    workflow = run_writes_the_video(comfy, "wan21_v2v_480p_lora")
     assert node_of(workflow, "LoadWanModel") in cached_nodes(comfy.run(workflow))  # an identical post reuses it
     (applied,) = [line for line in comfy.log().splitlines() if f"{TINY_LORA} x1: " in line]
     assert "keys applied" in applied and "unmatched" not in applied
+
+
+def test_4step_workflow_runs_4_transformer_passes_and_logs_them(comfy):
+    run_writes_the_video(comfy, "wan21_i2v_480p_4step")
+    assert "WanFlow: 4 transformer passes" in comfy.log()
+
+
+def test_fast_mode_skips_passes_and_a_preset_conflict_names_both(comfy):
+    workflow = tiny_workflow("wan21_i2v_480p")
+    sampler = node_of(workflow, "WanI2VSampler")
+    workflow[sampler]["inputs"].update(fast_mode=True, steps=6)
+    for seed in (1, 2):  # the first fast run of a new model and schedule calibrates, the second (a new seed, so
+        workflow[sampler]["inputs"]["seed"] = seed  # that ComfyUI runs it again) skips
+        entry = comfy.run(workflow)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+    assert "WanFlow: 12 transformer passes, 0 skipped by fast mode (calibrating" in comfy.log()
+    assert re.search(r"WanFlow: 12 transformer passes, [1-9]\d* skipped by fast mode\n", comfy.log())
+    workflow[sampler]["inputs"].update(fast_mode=False, preset="4step", steps=4, guidance=3.5)
+    entry = comfy.run(workflow)
+    assert "preset='4step' samples with guidance 1.0, and guidance 3.5 was asked for" in error_message(entry)
 
 
 def test_core_vae_decode_reads_the_sampler_latent(comfy):

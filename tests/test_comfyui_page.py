@@ -8,7 +8,7 @@ import requests
 
 from comfyui_server import PACK_ROOT, load_json
 
-WORKFLOWS = ("wan21_i2v_480p", "wan21_v2v_480p_lora", "remote_wan_i2v")
+WORKFLOWS = ("wan21_i2v_480p", "wan21_v2v_480p_lora", "wan21_i2v_480p_4step", "remote_wan_i2v")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -50,10 +50,18 @@ def test_ui_workflow_loads_and_queues_as_its_api_file(page, name):
 
 
 def test_loader_node_carries_model_download_links():
-    for name in ("wan21_i2v_480p", "wan21_v2v_480p_lora"):
+    for name in ("wan21_i2v_480p", "wan21_v2v_480p_lora", "wan21_i2v_480p_4step"):
         (loader,) = [node for node in load_json(PACK_ROOT / "workflows" / f"{name}.json")["nodes"]
                      if node["type"] == "LoadWanModel"]
         models = loader["properties"]["models"]
         assert {model["name"] for model in models} == {value for value in loader["widgets_values"][:4] if value != "none"}
         assert all(model["url"].startswith("https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/")
                    and model["url"].endswith(f"/{model['directory']}/{model['name']}") for model in models)
+
+
+def test_4step_workflow_carries_the_distill_loras_download_link():
+    (stack,) = [node for node in load_json(PACK_ROOT / "workflows" / "wan21_i2v_480p_4step.json")["nodes"]
+                if node["type"] == "WanLoRAStack"]
+    (model,) = stack["properties"]["models"]
+    assert model == {"name": stack["widgets_values"][0], "directory": "loras",
+                     "url": "https://huggingface.co/lightx2v/Wan2.1-Distill-Loras/resolve/main/" + model["name"]}

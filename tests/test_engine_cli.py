@@ -136,6 +136,12 @@ def bad_inputs(tmp_path):
         (["i2v", "--image", str(IMAGE), "--model", str(tmp_path / "nowhere"), "--prompt", "x", "--out",
           str(tmp_path / "o.mp4")], "is neither 'tiny' nor a folder"),
         (image + ["--out", str(tmp_path / "o.gif")], "must end in .mp4"),
+        (image + ["--preset", "4step", "--guidance-scale", "3.5"],
+         "preset='4step' samples with guidance 1.0, and guidance 3.5 was asked for"),
+        (image + ["--preset", "4step", "--steps", "8"], "preset='4step' samples with steps 4, and steps 8 was asked"),
+        (image + ["--preset", "4step", "--sampler", "unipc"], "samples with sampler 'euler', and sampler 'unipc'"),
+        (image + ["--preset", "4step", "--flow-shift", "3"], "samples with flow shift 5.0, and flow shift 3.0"),
+        (source_video + ["--fast", "--step-cache", "0.05"], "fast_mode=True and step_cache=0.05 are two step caches"),
     ]
 
 

@@ -648,3 +648,74 @@ def test_lora_text_names_a_repo_file_a_url_or_a_path(tmp_path):
     entry = LoraEntry.from_text(str(local))
     assert (entry.source, entry.weight_name, entry.is_hub_repo) == (str(local), None, False)
     assert not LoraEntry.from_text("style.safetensors").is_hub_repo
+
+
+# ---- step-distill LoRAs: lightx2v's and CausVid's layouts --------------------------------------------------------
+
+# The full deltas diffusers' converter drops (norm diffs, .diff on non-norm weights, diff_m): the Wan key's tail ->
+# the diffusers parameter, written out by hand (diffusers' convert_wan_transformer_to_diffusers naming: norm3 is
+# diffusers' norm2, modulation is scale_shift_table, img_emb.proj.0/4 the image embedder's norm1/norm2).
+DROPPED_BY_DIFFUSERS = {
+    "patch_embedding.diff": "patch_embedding.weight", "patch_embedding.diff_b": "patch_embedding.bias",
+    "img_emb.proj.0.diff": "condition_embedder.image_embedder.norm1.weight",
+    "img_emb.proj.0.diff_b": "condition_embedder.image_embedder.norm1.bias",
+    "img_emb.proj.4.diff": "condition_embedder.image_embedder.norm2.weight",
+    "img_emb.proj.4.diff_b": "condition_embedder.image_embedder.norm2.bias",
+    **{f"blocks.{i}.{wan}": f"blocks.{i}.{ours}" for i in (0, 1) for wan, ours in {
+        "self_attn.norm_q.diff": "attn1.norm_q.weight", "self_attn.norm_k.diff": "attn1.norm_k.weight",
+        "cross_attn.norm_q.diff": "attn2.norm_q.weight", "cross_attn.norm_k.diff": "attn2.norm_k.weight",
+        "cross_attn.norm_k_img.diff": "attn2.norm_added_k.weight",
+        "norm3.diff": "norm2.weight", "norm3.diff_b": "norm2.bias", "diff_m": "scale_shift_table"}.items()},
+}
+
+
+def diffusers_fused(models, path, t2v: bool) -> dict[str, torch.Tensor]:
+    """The tiny transformer's weights after diffusers' own loader reads the file and fuses it (scale 1)."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    transformer = copy.deepcopy(models.transformer)
+    pipe_class = WanPipeline if t2v else WanImageToVideoPipeline
+    parts = dict(tokenizer=None, text_encoder=None, vae=None, scheduler=None, transformer=transformer)
+    pipe = pipe_class(**parts) if t2v else pipe_class(image_processor=None, image_encoder=None, **parts)
+    pipe.load_lora_weights(str(path))
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    return {name: param.detach().clone() for name, param in transformer.named_parameters()}
+
+
+@pytest.mark.parametrize("layout,model", [("lightx2v", "i2v"), ("causvid", "t2v")])
+def test_distill_loras_apply_with_zero_unmatched_keys_as_diffusers_and_the_formula_say(layout, model, request,
+                                                                                      tmp_path):
+    from wan_core.tiny import write_tiny_distill_lora
+
+    models = request.getfixturevalue(model)
+    path = write_tiny_distill_lora(tmp_path / f"{layout}.safetensors", "t2v" if layout == "causvid" else "i2v", layout)
+    base = weights(models)
+    reference = diffusers_fused(models, path, t2v=model == "t2v")
+    report = set_lora_stack(models, (LoraEntry(str(path)),))
+    with safe_open(str(path), "pt") as file:
+        state = {key.removeprefix("diffusion_model."): file.get_tensor(key) for key in file.keys()}
+
+    assert report.loras[0].unmatched_keys == 0 and report.loras[0].skipped_image_keys == 0
+    assert report.loras[0].applied_keys == len(state)
+    expected = {name: tensor.double() for name, tensor in base.items()}
+    read_by_diffusers = {name for name in base if not torch.equal(reference[name], base[name])}
+    for name in read_by_diffusers:
+        expected[name] = reference[name].double()
+    by_hand = {DROPPED_BY_DIFFUSERS[key]: tensor for key, tensor in state.items() if key in DROPPED_BY_DIFFUSERS}
+    for name, delta in by_hand.items():
+        expected[name] = base[name].double() + delta.double().reshape(base[name].shape)
+    assert read_by_diffusers and by_hand and not read_by_diffusers & set(by_hand)
+    assert report.patched_weights == len(read_by_diffusers | set(by_hand))
+    assert_weights(models, expected)
+    assert (layout == "lightx2v") == ("blocks.0.scale_shift_table" in by_hand)
+
+
+def test_a_bias_delta_for_a_norm_without_bias_is_a_clear_error(i2v, tmp_path):
+    path = tmp_path / "bad.safetensors"
+    save_file({"diffusion_model.blocks.0.self_attn.norm_q.diff_b": torch.zeros(i2v.transformer.config.num_attention_heads
+                                                                               * 128)}, str(path))
+    base = weights(i2v)
+    with pytest.raises(WanInputError, match=r"blocks\.0\.attn1\.norm_q.*bias.*absent.*RMSNorm"):
+        set_lora_stack(i2v, (LoraEntry(str(path)),))
+    assert_bit_exact(i2v, base)

@@ -229,3 +229,51 @@ def tiny_llm_path(cache_dir=None) -> Path:
     """The tiny prompt-extension model, written once into the tiny model cache."""
     folder = Path(cache_dir or wanflow_cache_dir()) / "tiny" / TINY_LLM_FOLDER
     return folder if (folder / "config.json").is_file() else write_tiny_llm(folder)
+
+
+# ---- tiny distill LoRAs in lightx2v's and CausVid's layouts --------------------------------------------------------
+
+DISTILL_LAYOUTS = ("lightx2v", "causvid")
+
+
+def tiny_distill_lora_state(model: str = "i2v", layout: str = "lightx2v", rank: int = 4,
+                            seed: int = 0) -> dict[str, torch.Tensor]:
+    """A LoRA for the tiny model laid out as the published step-distill LoRAs are (lightx2v's
+    wan2.1_i2v_lora_rank64_lightx2v_4step, kijai's CausVid extractions): keys `diffusion_model.<Wan name>`; a
+    lora_down/lora_up pair without .alpha on every Linear layer but the head; `.diff_b` on every bias; `.diff`
+    (a full delta) on the head, the patch embedding and every norm with a weight; and, for lightx2v only,
+    `blocks.N.diff_m` on each block's AdaLN modulation. Their extractor stores small tensors as full deltas, which on
+    the 14B model are exactly these; the tiny model's are all small, so the choice follows the 14B file."""
+    if layout not in DISTILL_LAYOUTS:
+        raise ValueError(f"layout={layout!r}: one of {DISTILL_LAYOUTS}")
+    generator = torch.Generator().manual_seed(seed)
+    transformer = tiny_transformer(model == "i2v")
+
+    def small(shape) -> torch.Tensor:
+        return 0.05 * torch.randn(*shape, generator=generator)
+
+    state = {}
+    for name, module in transformer.named_modules():
+        wan = "diffusion_model." + transformer_key_to_wan(name + ".weight").removesuffix(".weight")
+        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+        if not isinstance(weight, torch.Tensor):
+            continue
+        if isinstance(module, torch.nn.Linear) and name != "proj_out":
+            state[f"{wan}.lora_down.weight"] = small((rank, module.in_features))
+            state[f"{wan}.lora_up.weight"] = small((module.out_features, rank))
+        else:
+            state[f"{wan}.diff"] = small(weight.shape)
+        if isinstance(bias, torch.Tensor):
+            state[f"{wan}.diff_b"] = small(bias.shape)
+    if layout == "lightx2v":
+        for index, block in enumerate(transformer.blocks):
+            state[f"diffusion_model.blocks.{index}.diff_m"] = small(block.scale_shift_table.shape)
+    return state
+
+
+def write_tiny_distill_lora(path, model: str = "i2v", layout: str = "lightx2v", rank: int = 4, seed: int = 0) -> Path:
+    """Write tiny_distill_lora_state(...) as a .safetensors file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tiny_distill_lora_state(model, layout, rank, seed), str(path), metadata={"format": "pt"})
+    return path

@@ -13,8 +13,8 @@ from tqdm import tqdm
 from ..errors import WanInputError, check_range
 from ..lora.stack import stack_from_options
 from ..sampling.params import CONTEXT_OVERLAP_DEFAULT, DTYPES, FLOW_SHIFT_AUTO, FLOW_SHIFT_HELP, PARITY_CHOICES, \
-    RESOLUTION_AREAS, SAMPLER_NAMES, SIZE_AUTO, STEP_CACHE_RANGE, TRAINED_FRAMES, SamplingParams, auto_size, \
-    frame_count, parse_size, source_frame_count
+    PRESET_CHOICES, PRESET_HELP, PRESET_NONE, RESOLUTION_AREAS, SAMPLER_NAMES, SIZE_AUTO, STEP_CACHE_RANGE, \
+    TRAINED_FRAMES, SamplingParams, auto_size, check_step_caches, frame_count, parse_size, source_frame_count
 from ..files.precision import WEIGHT_STORAGES
 from ..sampling import parallel
 from ..sampling.parallel import PARALLEL_CHOICES
@@ -63,16 +63,22 @@ def _add_common(parser: argparse.ArgumentParser):
     parser.add_argument("--riflex", action="store_true",
                         help="with --one-pass: RIFLEx, a longer period of one temporal RoPE frequency so that up "
                              "to ~2x the trained length does not repeat")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--guidance-scale", type=float, default=5.0)
+    parser.add_argument("--preset", choices=PRESET_CHOICES, default=PRESET_NONE,
+                        help=f"{PRESET_HELP}; steps, guidance, shift and sampler then come from the preset")
+    parser.add_argument("--steps", type=int, help="default 30 (the preset's with --preset)")
+    parser.add_argument("--guidance-scale", type=float, help="default 5 (the preset's with --preset)")
     parser.add_argument("--flow-shift", type=float, default=FLOW_SHIFT_AUTO, help=f"1-20; {FLOW_SHIFT_HELP}")
     parser.add_argument("--seed", type=int, default=-1, help="-1 draws one; the seed used is printed")
-    parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="unipc")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="default unipc (the preset's with --preset)")
     parser.add_argument("--parity", choices=PARITY_CHOICES, default="diffusers",
                         help="where diffusers 0.42's Wan pipelines and Wan's reference differ (sigma spacing, CLIP "
                              "input cropped or squashed), follow diffusers (default, tested) or wan")
+    parser.add_argument("--fast", action="store_true",
+                        help="fast mode: a step cache calibrated for the model (MagCache, with the published Wan 2.1 "
+                             "ratios, or measured once for any other model) that skips transformer passes at a "
+                             "small loss of quality")
     parser.add_argument("--step-cache", type=float, default=0.0, metavar="T",
-                        help="fast mode, 0-1 (default 0: off): where the first transformer block's output changed "
+                        help="expert step cache, 0-1 (default 0: off): where the first transformer block's output changed "
                              "by less than T (relative) since the last full pass, skip the other blocks and reuse "
                              "their change from that pass; 0.05-0.1 trade a little quality for fewer transformer "
                              "passes on real weights")
@@ -131,7 +137,7 @@ def _params(args, num_frames: int, media: torch.Tensor, **extra) -> SamplingPara
     return SamplingParams(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height, num_frames=num_frames,
         steps=args.steps, guidance_scale=args.guidance_scale, flow_shift=args.flow_shift, seed=args.seed,
-        sampler=args.sampler, parity=args.parity, fit=fit, context_frames=args.context_frames,
+        sampler=args.sampler, parity=args.parity, preset=args.preset, fit=fit, context_frames=args.context_frames,
         context_overlap=args.context_overlap, one_pass=args.one_pass, riflex=args.riflex, **extra,
     )
 
@@ -194,6 +200,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams, note: str
     check_model_speed(args.attention, args.compile, args.device, dtype)
     check_offload(args.offload, args.device)
     check_range("step_cache", args.step_cache, *STEP_CACHE_RANGE)
+    check_step_caches(args.fast, args.step_cache)
     check_block_swap(args.offload, args.step_cache)
     loras = stack_from_options(args.lora)
     loras_dir = Path(args.model) / "loras" if args.model and args.model != "tiny" else None
@@ -216,7 +223,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams, note: str
     if args.prompt_cache == "disk":
         models.prompt_cache = PromptCache(folder=disk_folder())
     with models.configured(loras=loras, loras_dir=loras_dir, attention=args.attention, compile=args.compile,
-                           step_cache=args.step_cache), \
+                           step_cache=args.step_cache, fast_mode=args.fast), \
             tqdm(total=params.steps, desc="sampling", unit="step", file=sys.stderr,
                  disable=not plan.writes_output) as bar:
         if loras and plan.writes_output:
@@ -235,7 +242,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams, note: str
     write_video(out, frames, DEFAULT_FPS)
     elapsed = time.perf_counter() - started
     print(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {DEFAULT_FPS} fps)")
-    print(f"seed: {generation.seed}  wall time: {elapsed:.1f} s")
+    print(f"seed: {generation.seed}  {models.passes.line()}  wall time: {elapsed:.1f} s")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Apply a LoRA stack to a loaded Wan model, reversibly: W' = W + sum(scale * alpha/rank * B @ A + scale * diff).
+"""Apply a LoRA stack to a loaded Wan model, reversibly: W' = W + sum(scale * alpha/rank * B @ A + scale * diff),
+and the same sum of full deltas for biases (diff_b) and AdaLN modulations (diff_m, on scale_shift_table).
 
 Every patched weight is computed from its base value, never from an already patched weight, so switching stacks
 does not accumulate rounding, and removing the stack writes the base values back bit-exactly (subtracting the
@@ -26,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..errors import WanInputError
-from .formats import EXAMPLES, ModuleDelta, ParsedLora, model_module_names, parse_lora
+from .formats import EXAMPLES, MODULATION, ModuleDelta, ParsedLora, model_module_names, parse_lora
 from .sources import local_lora_file, resolve_lora_file
 from .stack import LoraEntry, LoraStack
 
@@ -141,22 +142,29 @@ def read_lora(path: Path, label: str, module_names: dict[str, str], image_model:
 
 
 def check_shapes(lora: ParsedLora, transformer: torch.nn.Module):
-    """Raise if a delta does not fit its layer: a LoRA for another model size (14B on 1.3B, say)."""
+    """Raise if a delta does not fit its layer: a LoRA for another model size (14B on 1.3B, say), or a delta for a
+    parameter the layer does not have (a bias delta on an RMSNorm, which has a weight only)."""
     for name, delta in lora.modules.items():
         module = transformer.get_submodule(name)
-        weight, bias = tuple(module.weight.shape), None if module.bias is None else tuple(module.bias.shape)
+        weight, bias, modulation = (_shape(getattr(module, attr, None)) for attr in ("weight", "bias", MODULATION))
         problems = []
         if delta.has_pair and (delta.up.shape[0], math.prod(delta.down.shape[1:])) != (weight[0], math.prod(weight[1:])):
             problems.append(f"B @ A is {delta.up.shape[0]}x{math.prod(delta.down.shape[1:])}")
         if delta.has_pair and delta.up.shape[1] != delta.down.shape[0]:
             problems.append(f"B has rank {delta.up.shape[1]} but A has rank {delta.down.shape[0]}")
-        if delta.diff is not None and tuple(delta.diff.shape) != weight:
-            problems.append(f"diff is {tuple(delta.diff.shape)}")
-        if delta.diff_b is not None and tuple(delta.diff_b.shape) != bias:
-            problems.append(f"diff_b is {tuple(delta.diff_b.shape)} but the bias is {bias}")
+        for part, target, target_name in ((delta.diff, weight, "weight"), (delta.diff_b, bias, "bias"),
+                                          (delta.diff_m, modulation, "modulation")):
+            if part is not None and tuple(part.shape) != target:
+                problems.append(f"{target_name} delta is {tuple(part.shape)} but the {target_name} is "
+                                + (str(target) if target else f"absent from {type(module).__name__} {name or 'head'}"))
         if problems:
-            raise WanInputError(f"LoRA {lora.label!r} does not fit this model at {name} (weight {weight}): "
-                                f"{'; '.join(problems)}; it was made for another Wan model size")
+            raise WanInputError(f"LoRA {lora.label!r} does not fit this model at {name or 'head'} (weight {weight}): "
+                                f"{'; '.join(problems)}; it was made for another Wan model size or layout "
+                                f"(keys {delta.keys[:EXAMPLES]})")
+
+
+def _shape(tensor: torch.Tensor | None) -> tuple | None:
+    return None if tensor is None else tuple(tensor.shape)
 
 
 def _report(parsed: list[ParsedLora], entries: tuple[LoraEntry, ...]) -> LoraReport:
@@ -178,7 +186,7 @@ def _report(parsed: list[ParsedLora], entries: tuple[LoraEntry, ...]) -> LoraRep
 
 
 def _contributions(parsed: list[ParsedLora], entries) -> dict[str, list[tuple[float, ModuleDelta, str]]]:
-    """parameter name -> [(scale, delta, 'weight' or 'bias')], in stack order; zero scales change nothing."""
+    """parameter name -> [(scale, delta, 'weight', 'bias' or 'modulation')], in stack order; zero scales change nothing."""
     wanted: dict[str, list] = {}
     for lora, entry in zip(parsed, entries):
         if entry.scale == 0:
@@ -188,6 +196,8 @@ def _contributions(parsed: list[ParsedLora], entries) -> dict[str, list[tuple[fl
                 wanted.setdefault(f"{module}.weight", []).append((entry.scale, delta, "weight"))
             if delta.diff_b is not None:
                 wanted.setdefault(f"{module}.bias", []).append((entry.scale, delta, "bias"))
+            if delta.diff_m is not None:  # a parameter of the block (or of the model, for the head's)
+                wanted.setdefault(f"{module}.{MODULATION}".lstrip("."), []).append((entry.scale, delta, "modulation"))
     return wanted
 
 
@@ -240,8 +250,8 @@ def _patch(transformer: torch.nn.Module, state: LoraPatches, wanted: dict[str, l
             for scale, delta, kind in contributions:
                 if kind == "weight":
                     delta.add_to_weight(patched, scale, rows)
-                else:
-                    patched.add_(delta.diff_b[rows].to(patched), alpha=scale)
+                else:  # a bias or a modulation table: a whole-tensor delta
+                    patched.add_((delta.diff_b if kind == "bias" else delta.diff_m)[rows].to(patched), alpha=scale)
             param[rows].copy_(patched)  # fp8 and other storage dtypes: cast once, after the sum, into the weight
             del patched  # freed before the next chunk's base value is read
     return len(wanted)

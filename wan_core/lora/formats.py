@@ -7,7 +7,10 @@ A LoRA key is <prefix><module path>.<part>. The prefix says the trainer:
                                               every dot turned into an underscore
   transformer. / base_model.model. / none     diffusers, PEFT: diffusers names (or original names under PEFT)
 The part is a low-rank pair (lora_A/lora_B, lora_down/lora_up, PEFT's lora_A.<adapter>) with an optional .alpha, or a
-full delta (.diff for the weight, .diff_b or lora_B.bias for the bias).
+full delta (.diff for the weight, .diff_b or lora_B.bias for the bias, .diff_m for a block's or the head's AdaLN
+modulation: the parameter diffusers calls scale_shift_table). lightx2v's and CausVid's distill LoRAs are extracted by
+SVD from a distilled model: low-rank pairs without .alpha on the large Linear layers, full deltas on everything
+small (norms, biases, head, patch embedding, modulation).
 
 Module names are matched against the model itself: each of its modules is known under its diffusers name, its
 original Wan name (diffusers' own convert_wan_transformer_to_diffusers is the reference for that naming, see
@@ -38,7 +41,8 @@ from ..files.wan_names import transformer_key_to_wan
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "pipe.dit.", "base_model.model.", "transformer.",
             "lora_unet__", "lora_unet_", "lycoris_")
 LOW_RANK_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_down|lora_up)(?:\.[\w-]+)?\.(?P<kind>weight|bias)$")
-DELTA_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>alpha|diff|diff_b)$")
+DELTA_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>alpha|diff|diff_b|diff_m)$")
+MODULATION = "scale_shift_table"  # diffusers' name of Wan's AdaLN `modulation` parameter (blocks and head)
 PART_NAMES = {"lora_A": "down", "lora_down": "down", "lora_B": "up", "lora_up": "up"}
 # Modules only the image-to-video model has: cross-attention to the CLIP image tokens and the image projection.
 IMAGE_ONLY = re.compile(r"(^|[._])(k_img|v_img|norm_k_img|img_emb|add_k_proj|add_v_proj|norm_added_k|image_embedder)"
@@ -56,11 +60,16 @@ class ModuleDelta:
     alpha: float | None = None  # None: alpha = rank, the PEFT/diffusers convention
     diff: torch.Tensor | None = None  # [out, in]: added to the weight
     diff_b: torch.Tensor | None = None  # [out]: added to the bias
+    diff_m: torch.Tensor | None = None  # [1, 6 or 2, dim]: added to the module's scale_shift_table (MODULATION)
     keys: list[str] = field(default_factory=list)
 
     @property
     def has_pair(self) -> bool:
         return self.down is not None and self.up is not None
+
+    @property
+    def changes_anything(self) -> bool:
+        return self.has_pair or any(part is not None for part in (self.diff, self.diff_b, self.diff_m))
 
     def add_to_weight(self, weight: torch.Tensor, scale: float, rows: slice = slice(None)):
         """weight += scale * (alpha/rank * B @ A + diff), in place and in weight's dtype; addmm_ forms B @ A straight
@@ -90,13 +99,17 @@ class ParsedLora:
 
 
 def model_module_names(transformer: torch.nn.Module) -> dict[str, str]:
-    """Every name a LoRA may use for a weight-carrying module -> the module's diffusers name."""
+    """Every name a LoRA may use for a weight-carrying module -> the module's diffusers name. A module holding a
+    modulation (a block, or the model itself for the head's) is known by its Wan owner's name: `blocks.N.diff_m`
+    and `head.diff_m` name the owner of `blocks.N.modulation` and `head.modulation`."""
     names = {}
     for name, module in transformer.named_modules():
-        if isinstance(getattr(module, "weight", None), torch.Tensor):
-            wan = transformer_key_to_wan(name + ".weight").removesuffix(".weight")
-            for alias in (name, wan):
-                names[alias] = names[alias.replace(".", "_")] = name
+        for parameter, wan_suffix in (("weight", ".weight"), (MODULATION, ".modulation")):
+            if isinstance(getattr(module, parameter, None), torch.Tensor):
+                full = f"{name}.{parameter}" if name else parameter
+                wan = transformer_key_to_wan(full).removesuffix(wan_suffix)
+                for alias in filter(None, (name, wan)):
+                    names[alias] = names[alias.replace(".", "_")] = name
     return names
 
 
@@ -121,8 +134,7 @@ def parse_lora(state: dict[str, torch.Tensor], metadata: dict[str, str] | None, 
         raise WanInputError(f"LoRA {label!r} has no LoRA keys (lora_A/lora_B, lora_down/lora_up, diff): "
                             f"it holds {len(state)} tensors such as {list(state)[:EXAMPLES]}")
     _apply_peft_alpha(modules, metadata)
-    for name in [name for name, delta in modules.items() if not (delta.has_pair or delta.diff is not None
-                                                                  or delta.diff_b is not None)]:
+    for name in [name for name, delta in modules.items() if not delta.changes_anything]:
         unmatched.extend(modules.pop(name).keys)  # half a pair, or an alpha alone: nothing to apply
     if not modules and not image_only:
         raise WanInputError(f"LoRA {label!r} matches no layer of this Wan 2.1 model (made for another model?): "
@@ -146,6 +158,8 @@ def _add_part(delta: ModuleDelta, match: re.Match, key: str, tensor: torch.Tenso
         delta.diff_b = tensor
     elif part == "diff":
         delta.diff = tensor
+    elif part == "diff_m":
+        delta.diff_m = tensor
     elif kind == "weight":
         setattr(delta, PART_NAMES[part], tensor)
     else:

@@ -3,13 +3,15 @@
 A run's settings (LoRA stack, attention kernel, compiled blocks, step cache, VAE tiling) are applied through one
 scoped call, used by the command line and the ComfyUI nodes alike:
 
-    with models.configured(loras=stack, attention="sdpa", compile=False, step_cache=0.05):
+    with models.configured(loras=stack, attention="sdpa", compile=False, fast_mode=True):
         generation = pipeline.generate_i2v(models, image, params)
+    print(models.passes.line())  # e.g. "60 transformer passes, 31 skipped by fast mode"
     with models.configured(vae_tiling=True):
         frames = conditioning.decode_latents(models, generation.latents)
 
 Two kinds of state, restored in two ways:
-- per-run state (the step cache's hooks and cached residuals, VAE tiling) is on inside the block only and switched
+- per-run state (the step cache's and fast mode's hooks and cached residuals, VAE tiling) is on inside the block
+  only (fast mode's MagCache for the sampling loop alone, `sampling`, where the step count is known) and switched
   off on exit, also on an exception or an interrupt: nothing of one run reaches the next (a tiled decode left on
   would tile the next run's first-frame encode and change its video).
 - model state (LoRA stack, attention kernel, compiled blocks) costs seconds to switch (patching every touched
@@ -37,10 +39,10 @@ from ..files.checkpoint import file_identity
 from ..files.precision import check_weight_storage
 from ..lora.apply import LoraPatches, LoraReport, set_lora_stack
 from ..lora.stack import LoraStack
-from . import speed
+from . import magcache, speed
 from .parallel import ParallelRun
+from .params import STEP_CACHE_RANGE, check_step_caches
 from .prompt_cache import SHARED_PROMPTS, PromptCache
-from .params import STEP_CACHE_RANGE
 
 # The networks a stage can ask for (WanModels.use); the tokenizer and image processor run on the CPU.
 NETWORKS = ("transformer", "vae", "text_encoder", "image_encoder")
@@ -76,6 +78,9 @@ class WanModels:
     attention: str = field(default="auto", init=False)  # as loaded: diffusers' default
     compiled: bool = field(default=False, init=False)
     sequence_split: bool = field(default=False, init=False)  # diffusers' context parallelism is on the transformer
+    source: Path | None = field(default=None, init=False)  # the diffusion model's file or folder, when loaded from one
+    passes: speed.PassCount = field(default_factory=speed.PassCount, init=False)  # the last sampling loop's cost
+    fast_mode: bool = field(default=False, init=False)  # the running block's
     _in_run: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self):
@@ -111,21 +116,23 @@ class WanModels:
     @contextmanager
     def configured(self, *, loras: LoraStack | None = None, loras_dir: Path | None = None,
                    attention: str | None = None, compile: bool | None = None, step_cache: float = 0.0,
-                   vae_tiling: bool = False) -> Iterator[WanModels]:
+                   fast_mode: bool = False, vae_tiling: bool = False) -> Iterator[WanModels]:
         """Run the block with these settings (see the module's docstring for what stays after it).
 
         loras: a stack (empty: the base weights), attention: a speed.ATTENTION name, compile: compiled blocks; None
-        keeps what is on. step_cache: the First Block Cache threshold (0: off) and vae_tiling: tiled VAE encode and
-        decode, both for this block only. Every value is checked before anything changes."""
+        keeps what is on. step_cache: the First Block Cache threshold (0: off), fast_mode: MagCache (magcache.py)
+        and vae_tiling: tiled VAE encode and decode, all for this block only. Every value is checked before anything
+        changes."""
         if self._in_run:
             raise RuntimeError("WanModels.configured is already active: one run at a time per loaded model")
         check_range("step_cache", step_cache, *STEP_CACHE_RANGE)
+        check_step_caches(fast_mode, step_cache)
         speed.check_block_swap(self.offload, step_cache)
         if not isinstance(vae_tiling, bool):
             raise WanInputError(f"vae_tiling={vae_tiling!r} is not allowed: choose True or False")
         speed.check_model_speed(self.attention if attention is None else attention,
                                 self.compiled if compile is None else compile, self.device, self.dtype)
-        self._in_run = True
+        self._in_run, self.fast_mode, self.passes = True, fast_mode, speed.PassCount()
         try:
             self._set_model_state(loras, loras_dir, attention, compile)
             if vae_tiling:
@@ -136,7 +143,21 @@ class WanModels:
                 yield self
         finally:
             self.vae.disable_tiling()
-            self._in_run = False
+            self._in_run = self.fast_mode = False
+
+    @contextmanager
+    def sampling(self, sigmas: list[float], width: int, height: int) -> Iterator[speed.PassCount]:
+        """The sampling loop of a run over `sigmas`: fast mode's MagCache when the run asked for it, and the count of
+        transformer passes (`passes`) the caller reports."""
+        self.passes = speed.PassCount(cache="fast mode" if self.fast_mode else
+                                      "the step cache" if self.transformer.is_cache_enabled else "")
+        with speed.counting_passes(self.transformer, self.passes):
+            if not self.fast_mode:
+                yield self.passes
+                return
+            with magcache.fast_mode(self, sigmas, width, height) as plan:
+                self.passes.cache = f"fast mode ({plan.source})" if plan.ratios is None else "fast mode"
+                yield self.passes
 
     def _set_model_state(self, loras, loras_dir, attention, compile) -> None:
         if loras is not None:
@@ -223,5 +244,6 @@ def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torc
     if clip_vision is not None and transformer.config.image_dim is not None:
         models.image_encoder, models.image_processor = load_clip_vision(clip_vision, dtype)
         models.image_encoder.to(home)
+    models.source = Path(diffusion_model) if isinstance(diffusion_model, (str, Path)) else None
     models.check_compatible()
     return models

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import WanInputError, check_choice, check_range
 from ..video_io import DEFAULT_FPS
-from .schedule import default_flow_shift
+from .schedule import DISTILL_TIMESTEPS, default_flow_shift
 
 SIZE_RANGE, SIZE_MULTIPLE = (64, 1920), 16
 STEPS_RANGE = (1, 100)
@@ -39,6 +39,49 @@ CONTEXT_OVERLAP_DEFAULT = 16  # frames (4 latents) shared by neighbouring window
 # Whose preprocessing to follow where diffusers 0.42's Wan pipelines and Wan's reference differ: the sigma spacing
 # (schedule.SPACINGS) and the CLIP input (resized and centre-cropped, or squashed to its square; conditioning.py).
 PARITY_CHOICES = ("diffusers", "wan")
+# Step-distilled presets, as their publishers sample (research: LightX2V's WanStepDistillScheduler and its
+# configs/distill/wan_i2v_distill_lora_4step_cfg.json): guidance 1 (one conditional pass), shift 5, flow Euler over
+# the 1000-step shifted grid at timesteps 1000, 750, 500, 250, the model conditioned on the exact (float) time.
+PRESET_NONE = "none"
+
+
+@dataclass(frozen=True)
+class Preset:
+    steps: int
+    guidance_scale: float
+    flow_shift: float
+    sampler: str
+    timesteps: tuple[int, ...]  # the publisher's denoising steps on the 1000-step grid; sigmas in schedule.py
+
+
+PRESETS = {"4step": Preset(steps=4, guidance_scale=1.0, flow_shift=5.0, sampler="euler", timesteps=DISTILL_TIMESTEPS)}
+PRESET_CHOICES = (PRESET_NONE, *PRESETS)
+PRESET_HELP = ("4step: for step-distilled LoRAs such as lightx2v's 4-step I2V distill or CausVid: 4 steps, guidance "
+               "1, shift 5, Euler over the publisher's sigmas 1, 0.9375, 0.8333, 0.625")
+# what each preset setting is called where a user gives it: SamplingParams field -> its name in messages
+PRESET_SETTINGS = {"steps": "steps", "guidance_scale": "guidance", "flow_shift": "flow shift", "sampler": "sampler"}
+
+
+STANDARD_SETTINGS = {"steps": 30, "guidance_scale": 5.0, "flow_shift": FLOW_SHIFT_AUTO, "sampler": "unipc"}
+
+
+def preset_settings(preset: str, given: dict) -> dict:
+    """Steps, guidance, shift and sampler for a run: `given` holds what the user set ({SamplingParams field: value},
+    None or absent for unset). Without a preset unset ones take STANDARD_SETTINGS; with one, the preset's values,
+    and a set one that differs is refused, naming both."""
+    check_choice("preset", preset, PRESET_CHOICES)
+    if preset == PRESET_NONE:
+        return {name: default if given.get(name) is None else given[name] for name, default in STANDARD_SETTINGS.items()}
+    wanted = PRESETS[preset]
+    for name, label in PRESET_SETTINGS.items():
+        value = given.get(name)
+        if value not in (None, getattr(wanted, name)) and not (name == "flow_shift" and value == FLOW_SHIFT_AUTO):
+            raise WanInputError(f"preset={preset!r} samples with {label} {getattr(wanted, name)!r}, and {label} "
+                                f"{value!r} was asked for: leave {label} unset with this preset, or choose preset "
+                                f"{PRESET_NONE!r}")
+    return {name: getattr(wanted, name) for name in PRESET_SETTINGS}
+
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # compute dtype names
 # Wan 2.1's official default negative prompt (shared_config.sample_neg_prompt in the reference release).
 WAN_NEGATIVE_PROMPT = (
@@ -46,6 +89,15 @@ WAN_NEGATIVE_PROMPT = (
     "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
     "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
+
+
+def check_step_caches(fast_mode: bool, step_cache: float) -> None:
+    """fast_mode (MagCache) and step_cache (First Block Cache) are two caches for the same blocks: one at a time."""
+    if not isinstance(fast_mode, bool):
+        raise WanInputError(f"fast_mode={fast_mode!r} is not allowed: choose True or False")
+    if fast_mode and step_cache:
+        raise WanInputError(f"fast_mode=True and step_cache={step_cache!r} are two step caches for the same "
+                            "transformer blocks: turn one off (step_cache 0 with fast mode)")
 
 
 def parse_size(text: str, name: str = "size") -> tuple[int, int]:
@@ -115,11 +167,11 @@ class SamplingParams:
     width: int = 832
     height: int = 480
     num_frames: int = 81
-    steps: int = 30
-    guidance_scale: float = 5.0
-    flow_shift: float = FLOW_SHIFT_AUTO
+    steps: int | None = None  # None: the preset's, else STANDARD_SETTINGS (30 steps, guidance 5, auto shift, unipc)
+    guidance_scale: float | None = None
+    flow_shift: float | None = FLOW_SHIFT_AUTO
     seed: int = -1
-    sampler: str = "unipc"
+    sampler: str | None = None
     strength: float = 0.9
     parity: str = "diffusers"  # PARITY_CHOICES; "wan" follows Wan's reference, as the hosted APIs may
     fit: str = "crop"  # FIT_CHOICES: how input frames meet width x height
@@ -130,11 +182,15 @@ class SamplingParams:
     one_pass: bool = False
     riflex: bool = False
 
+    preset: str = PRESET_NONE  # PRESET_CHOICES; its settings must be the preset's own (preset_settings fills them)
+
     def latent_shape(self, channels: int = 16) -> tuple[int, ...]:
         """[1, channels, T_lat, H/8, W/8]: the VAE packs 4 frames (after the first) and 8x8 pixels per latent."""
         return (1, channels, (self.num_frames - 1) // 4 + 1, self.height // 8, self.width // 8)
 
     def __post_init__(self):
+        for name, value in preset_settings(self.preset, {name: getattr(self, name) for name in PRESET_SETTINGS}).items():
+            setattr(self, name, value)
         if not isinstance(self.prompt, str):
             raise WanInputError(f"prompt={self.prompt!r} must be text")
         for name in ("width", "height"):

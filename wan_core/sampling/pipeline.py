@@ -19,9 +19,9 @@ from . import conditioning, speed
 from ..errors import WanInputError
 from .long_video import context_velocity, riflex
 from .models import WanModels
-from .params import SamplingParams
+from .params import PRESET_NONE, PRESETS, SamplingParams
 from .samplers import SAMPLERS, SamplerStep
-from .schedule import flow_sigmas, model_timestep, strength_start
+from .schedule import distill_sigmas, flow_sigmas, model_timestep, strength_start
 
 # progress(SamplerStep) after every step (its denoised: normalised latents [1, 16, T_lat, h, w]); may raise to stop
 Progress = Callable[[SamplerStep], None] | None
@@ -67,7 +67,7 @@ def guided_velocity(models: WanModels, params: SamplingParams, prompts, image_to
     @torch.inference_mode()
     def velocity(x: torch.Tensor, sigma: float, frames: slice = slice(None)) -> torch.Tensor:
         x_in = x.to(dtype) if condition is None else torch.cat([x.to(dtype), condition[:, :, frames]], dim=1)
-        timestep = torch.full((x.shape[0],), model_timestep(sigma), device=x.device)
+        timestep = torch.full((x.shape[0],), model_timestep(sigma, whole=params.preset == PRESET_NONE), device=x.device)
         window = "" if frames == slice(None) else f"@{frames.start}"
         if negative is None:
             return predict(x_in, timestep, positive, "cond" + window)
@@ -82,10 +82,19 @@ def guided_velocity(models: WanModels, params: SamplingParams, prompts, image_to
     return velocity
 
 
+def schedule_sigmas(params: SamplingParams) -> torch.Tensor:
+    """The run's sigma list, closed by 0: a preset's publisher's list, else the flow schedule."""
+    if params.preset != PRESET_NONE:
+        return distill_sigmas(PRESETS[params.preset].timesteps, params.flow_shift)
+    return flow_sigmas(params.steps, params.flow_shift, params.parity)
+
+
 def _sample(models, params, velocity, x, sigmas, progress: Progress) -> torch.Tensor:
-    """x [1, 16, T_lat, h, w]; past params.context_frames, the velocity is blended from context windows."""
+    """x [1, 16, T_lat, h, w]; past params.context_frames, the velocity is blended from context windows. The run's
+    fast mode and its count of transformer passes (models.passes) cover the sampler's loop."""
     velocity = context_velocity(velocity, params, x.shape[2])
-    with riflex(models.transformer, x.shape[2]) if params.riflex else nullcontext():
+    with riflex(models.transformer, x.shape[2]) if params.riflex else nullcontext(), \
+            models.sampling(sigmas.tolist(), params.width, params.height):
         return SAMPLERS[params.sampler](velocity, x.to(models.device), sigmas.tolist(), progress)
 
 
@@ -109,7 +118,7 @@ def generate_i2v(models: WanModels, image: torch.Tensor, params: SamplingParams,
     models.use("transformer")
     velocity = guided_velocity(models, params, prompts, image_tokens, condition)
     noise = initial_noise(params.seed, params.latent_shape())
-    sigmas = flow_sigmas(params.steps, params.flow_shift, params.parity)
+    sigmas = schedule_sigmas(params)
     latents = _sample(models, params, velocity, noise, sigmas, progress)
     return Generation(conditioning.raw_latents(models, latents).cpu(), params.seed)
 
@@ -125,7 +134,7 @@ def generate_v2v(models: WanModels, video: torch.Tensor, params: SamplingParams,
     image_tokens, condition = _image_conditioning(models, frames[0], params)
     models.use("transformer")
     velocity = guided_velocity(models, params, prompts, image_tokens, condition)
-    sigmas = flow_sigmas(params.steps, params.flow_shift, params.parity)[strength_start(params.steps, params.strength):]
+    sigmas = schedule_sigmas(params)[strength_start(params.steps, params.strength):]
     noise = initial_noise(params.seed, params.latent_shape())
     noisy = (1.0 - sigmas[0].item()) * source.cpu() + sigmas[0].item() * noise
     latents = _sample(models, params, velocity, noisy, sigmas, progress)

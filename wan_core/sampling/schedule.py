@@ -32,9 +32,22 @@ def flow_sigmas(steps: int, shift: float, spacing: str = "diffusers") -> torch.T
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
-def model_timestep(sigma: float) -> float:
-    """The time the transformer is conditioned on. Wan's reference solvers pass whole timesteps, so we truncate too."""
-    return float(int(sigma * NUM_TRAIN_TIMESTEPS))
+def model_timestep(sigma: float, whole: bool = True) -> float:
+    """The time the transformer is conditioned on. Wan's reference solvers pass whole timesteps, so we truncate too;
+    the step-distill publishers pass the exact time (whole=False)."""
+    return float(int(sigma * NUM_TRAIN_TIMESTEPS)) if whole else sigma * NUM_TRAIN_TIMESTEPS
+
+
+DISTILL_TIMESTEPS = (1000, 750, 500, 250)  # lightx2v's denoising_step_list for its 4-step distill
+
+
+def distill_sigmas(timesteps: tuple[int, ...], shift: float) -> torch.Tensor:
+    """The step-distill publishers' sigmas, closed by 0: the 1000-step grid 1, 0.999, ..., 0.001 (unshifted), shifted,
+    read at index 1000 - t for each of their timesteps t; [1000, 750, 500, 250] at shift 5 gives
+    [1.0, 0.9375, 0.8333, 0.625, 0]."""
+    grid = shift_sigma(torch.linspace(1.0, 0.0, NUM_TRAIN_TIMESTEPS + 1, dtype=torch.float64)[:-1], shift)
+    sigmas = grid[[NUM_TRAIN_TIMESTEPS - t for t in timesteps]]
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
 def strength_start(steps: int, strength: float) -> int:

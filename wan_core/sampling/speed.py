@@ -16,7 +16,9 @@ compilation): the blocks share one compiled graph, so compiling costs one block'
 Compilation happens on the first run (and again only when shapes, device, dtype or the attention backend change);
 later runs reuse it. compile=False on a compiled model returns its blocks to eager mode.
 
-Step cache ("fast mode"): diffusers' First Block Cache (`FirstBlockCacheConfig`, `WanTransformer3DModel.enable_cache`).
+Fast mode: diffusers' MagCache with Wan 2.1's calibrated ratios (magcache.py), for one sampling loop.
+
+Step cache (the expert knob): diffusers' First Block Cache (`FirstBlockCacheConfig`, `WanTransformer3DModel.enable_cache`).
 Each transformer pass runs its first block; when that block's output residual differs from the one of the last full
 pass by less than `threshold` (mean absolute difference relative to that residual's mean magnitude), the remaining
 blocks are skipped and their residual from the last full pass is added instead. 0 turns it off; diffusers' own
@@ -48,6 +50,7 @@ check_block_swap.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -173,3 +176,45 @@ def step_cache(transformer: WanTransformer3DModel, threshold: float):
 def cache_branch(transformer: WanTransformer3DModel, name: str):
     """The cache state for one guidance branch ("cond" or "uncond"); no-op while no step cache is on."""
     return transformer.cache_context(name) if transformer.is_cache_enabled else nullcontext()
+
+
+@dataclass
+class PassCount:
+    """A run's cost: transformer passes called, and how many of them a step cache answered without the blocks."""
+
+    passes: int = 0
+    computed: int = 0  # passes that ran the last block
+    cache: str = ""  # "fast mode" or "the step cache"; "" when none was on
+
+    @property
+    def skipped(self) -> int:
+        return self.passes - self.computed
+
+    def line(self) -> str:
+        return f"{self.passes} transformer passes" + (f", {self.skipped} skipped by {self.cache}" if self.cache else "")
+
+
+@contextmanager
+def counting_passes(transformer: WanTransformer3DModel, count: PassCount) -> Iterator[PassCount]:
+    """Count the transformer's passes while the block runs (a forward hook on it, outside the compiled blocks) and,
+    when a step cache is on (count.cache), those that computed its blocks: a cache that skips swaps the blocks'
+    forwards inside the call a hook on a block wraps, so that count watches the last block's feed-forward layer,
+    which only a computed pass reaches. Without a cache every pass computes, and no hook goes inside the blocks
+    (one added there for a run would have torch.compile trace compiled blocks again on every run)."""
+
+    def passed(*_):
+        count.passes += 1
+
+    def computed(*_):
+        count.computed += 1
+
+    handles = [transformer.register_forward_hook(passed)]
+    if count.cache:
+        handles.append(transformer.blocks[-1].ffn.register_forward_hook(computed))
+    try:
+        yield count
+    finally:
+        for handle in handles:
+            handle.remove()
+        if not count.cache:
+            count.computed = count.passes
