@@ -66,9 +66,9 @@ class Plan:
     text_layers: int = 2
     clip_width: int = 64
     lora_rank: int = 8
-    vae_steps: int = 1500
-    dit_steps: int = 900
-    lora_steps: int = 150
+    vae_steps: int = 700
+    dit_steps: int = 500
+    lora_steps: int = 100
     procedural_pictures: int = 120
     photo_crops: int = 3  # random crops per training photo
     use_photos: bool = True
