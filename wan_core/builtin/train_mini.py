@@ -27,6 +27,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -42,7 +43,7 @@ from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
 from ..errors import WanInputError
-from ..files.loading import TOKENIZER_TENSOR, WAN_HEAD_DIM, WanModels, load_clip_vision, load_text_encoder
+from ..files.loading import TOKENIZER_TENSOR, WAN_HEAD_DIM, WanModels, load_clip_vision, load_text_encoder, load_vae
 from ..files.wan_names import transformer_key_to_wan
 from ..sampling import conditioning
 from ..sampling.params import WAN_NEGATIVE_PROMPT
@@ -514,9 +515,16 @@ def check_arguments(out: Path, steps: dict[str, int]):
                             "overwritten")
 
 
-def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"]) -> dict:
-    """Train every stage into `out` (a new or empty folder) in ComfyUI's layout; returns the training record."""
+def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"], reuse_vae=None) -> dict:
+    """Train every stage into `out` (a new or empty folder) in ComfyUI's layout; returns the training record.
+    reuse_vae: a folder from an earlier run with the same seed and plan: its VAE and frozen encoders are taken
+    as they are and stage 1 is skipped (to retrain the transformer and LoRA alone)."""
     out = Path(out)
+    if reuse_vae is not None:
+        missing = [sub for sub in ("vae", "text_encoder", "clip_vision")
+                   if not (Path(reuse_vae) / Path(*MINI_FILES[sub])).is_file()]
+        if missing:
+            raise WanInputError(f"reuse_vae={str(reuse_vae)!r} lacks the {missing} files of a train-mini run")
     check_arguments(out, {"vae_steps": plan.vae_steps, "dit_steps": plan.dit_steps, "lora_steps": plan.lora_steps})
     torch.manual_seed(seed)
     work = out.with_name(out.name + ".partial")  # written there, renamed at the end: no half-made output folder
@@ -531,6 +539,10 @@ def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"]) -> dict:
     save_encoders(work, text_encoder(plan, vocab), tokenizer_bytes, clip_vision(plan))
     torch.manual_seed(seed + 2)
     vae = AutoencoderKLWan(base_dim=plan.vae_base_dim, z_dim=16)
+    if reuse_vae is not None:
+        for sub in ("vae", "text_encoder", "clip_vision"):
+            shutil.copyfile(Path(reuse_vae) / Path(*MINI_FILES[sub]), work / Path(*MINI_FILES[sub]))
+        vae = load_vae(work / Path(*MINI_FILES["vae"]))
     torch.manual_seed(seed + 3)
     model = transformer(plan)
     pictures = training_pictures(plan, seed)
@@ -538,9 +550,12 @@ def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"]) -> dict:
         f"VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters")
 
     mark = time.perf_counter()
-    record["vae_losses"] = train_vae(vae, pictures, plan, seed)[-50:]
-    fold_latent_statistics(vae, encode(vae, pictures[:, :, None], batch=8))
-    save_vae(work, vae)
+    if reuse_vae is None:
+        record["vae_losses"] = train_vae(vae, pictures, plan, seed)[-50:]
+        fold_latent_statistics(vae, encode(vae, pictures[:, :, None], batch=8))
+        save_vae(work, vae)
+    else:
+        record["vae_reused_from"] = str(reuse_vae)
     record["seconds"]["vae"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -593,5 +608,5 @@ def run(args) -> int:
     check_arguments(Path(args.out), {"vae_steps": plan.vae_steps, "dit_steps": plan.dit_steps,
                                      "lora_steps": plan.lora_steps})
     torch.set_num_threads(args.threads)
-    train_mini(args.out, args.seed, plan)
+    train_mini(args.out, args.seed, plan, reuse_vae=args.reuse_vae)
     return 0

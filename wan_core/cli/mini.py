@@ -18,6 +18,8 @@ def add_parsers(subparsers):
     train.add_argument("--dit-steps", type=int, help="transformer steps")
     train.add_argument("--lora-steps", type=int)
     train.add_argument("--procedural-pictures", type=int)
+    train.add_argument("--reuse-vae", metavar="DIR", help="skip stage 1: take the VAE and the frozen encoders from "
+                                                         "an earlier run's folder (same seed and plan)")
     train.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: on a shared CPU one thread is faster than two waiting for each other; the result depends on it)")
     train.set_defaults(run=run_train_mini)
 
