@@ -30,6 +30,7 @@ from wan_core.builtin.mini_quality import measure  # noqa: E402
 from wan_core.sampling import conditioning  # noqa: E402
 from wan_core.sampling.params import SamplingParams  # noqa: E402
 from wan_core.sampling.pipeline import generate_i2v  # noqa: E402
+from wan_core.video_io import read_image  # noqa: E402
 
 MOTIONS = ("pan_left", "pan_right", "zoom_in")
 
@@ -62,14 +63,17 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--folder", help="a train-mini output folder instead of the shipped files")
     parser.add_argument("--no-photos", action="store_true", help="procedural pictures only (no scikit-image)")
-    parser.add_argument("--limit", type=int, help="only the first N pictures")
+    parser.add_argument("--pictures", help="comma-separated names, e.g. coffee,procedural_1000001 (default: all)")
+    parser.add_argument("--example", action="store_true", help="also examples/first_frame.png (held out too)")
     parser.add_argument("--json", help="write every measure here")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     models = load_mini(folder=args.folder)
     pictures = held_out_pictures(not args.no_photos)
-    if args.limit:
-        pictures = dict(list(pictures.items())[: args.limit])
+    if args.example:
+        pictures["first_frame.png"] = read_image(Path(__file__).resolve().parents[1] / "examples" / "first_frame.png")[0]
+    if args.pictures:
+        pictures = {name: pictures[name] for name in args.pictures.split(",")}
     rows = []
     for name, picture in pictures.items():
         for motion in MOTIONS:

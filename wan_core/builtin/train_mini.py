@@ -68,8 +68,8 @@ class Plan:
     clip_width: int = 64
     lora_rank: int = 8
     vae_steps: int = 700
-    dit_steps: int = 500
-    lora_steps: int = 100
+    dit_steps: int = 350
+    lora_steps: int = 50
     procedural_pictures: int = 120
     photo_crops: int = 3  # random crops per training photo
     use_photos: bool = True
@@ -541,6 +541,7 @@ def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"], reuse_vae=None) -
     vae = AutoencoderKLWan(base_dim=plan.vae_base_dim, z_dim=16)
     if reuse_vae is not None:
         for sub in ("vae", "text_encoder", "clip_vision"):
+            (work / MINI_FILES[sub][0]).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(reuse_vae) / Path(*MINI_FILES[sub]), work / Path(*MINI_FILES[sub]))
         vae = load_vae(work / Path(*MINI_FILES["vae"]))
     torch.manual_seed(seed + 3)
