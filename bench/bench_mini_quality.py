@@ -66,8 +66,10 @@ def main(argv=None) -> int:
     parser.add_argument("--pictures", help="comma-separated names, e.g. coffee,procedural_1000001 (default: all)")
     parser.add_argument("--example", action="store_true", help="also examples/first_frame.png (held out too)")
     parser.add_argument("--json", help="write every measure here")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (1 is faster on a loaded machine)")
+    parser.add_argument("--motions", default=",".join(MOTIONS))
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     models = load_mini(folder=args.folder)
     pictures = held_out_pictures(not args.no_photos)
     if args.example:
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
         pictures = {name: pictures[name] for name in args.pictures.split(",")}
     rows = []
     for name, picture in pictures.items():
-        for motion in MOTIONS:
+        for motion in args.motions.split(","):
             prompt = data.HELD_OUT_PROMPTS[motion][0]
             started = time.perf_counter()
             video, fitted = run_one(models, picture, prompt, args.frames, args.steps, args.guidance)
