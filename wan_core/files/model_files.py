@@ -55,8 +55,8 @@ def resolve_model_files(model: str | None, task: str, diffusion_model=None, vae=
     elif model:
         folder = Path(model)
         if not folder.is_dir():
-            raise WanInputError(f"model={model!r} is neither 'tiny', 'mini' nor a folder (a ComfyUI models folder, a "
-                                "diffusers folder or the Wan-AI release)")
+            raise WanInputError(f"model={model!r} is neither 'tiny' nor a folder (a ComfyUI models folder, a "
+                                "diffusers folder or the Wan-AI release), nor 'mini'")
         paths = files_in_folder(folder, task)
     else:
         paths = {}
