@@ -188,7 +188,7 @@ class PatchCode:
     """A linear code of 8x8 RGB patches: their 16 principal components (unit variance each), ~27 dB on the
     training pictures. The Wan VAE trained end to end from random weights sits for hundreds of steps at the
     "mean colour" plateau; asking its encoder for these codes and its decoder to invert them gives every layer a
-    direct target, so it learns in the ~1500 steps this CPU affords."""
+    direct target, so it gets moving within the few hundred steps this CPU affords."""
 
     def __init__(self, pictures: torch.Tensor, z_dim: int = 16):
         patches = self.patches(pictures * 2 - 1).reshape(-1, 192)  # [N * L, 192]
