@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny Wan 2.1 model written once per test session into a temporary cache."""
+"""Shared fixtures: the tiny Wan 2.1 model written once per test session into a temporary cache, and the trained
+mini model shipped in the repository."""
 
 import os
 
@@ -35,6 +36,14 @@ def tiny_t2v(tiny_paths):
     from wan_core.sampling.models import load_models
 
     return load_models(tiny_paths["t2v"], tiny_paths["vae"], tiny_paths["text_encoder"])
+
+
+@pytest.fixture(scope="session")
+def mini_i2v():
+    """The trained mini image-to-video model shipped in wan_core/builtin/mini, loaded once (fp32, CPU)."""
+    from wan_core.builtin.mini import load_mini
+
+    return load_mini()
 
 
 @pytest.fixture(scope="session")

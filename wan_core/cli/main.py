@@ -15,11 +15,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .cache import add_parser as add_cache_parser
     from .generate import add_parsers as add_generate_parsers
     from .remote import add_parser as add_remote_parser
+    from .mini import add_parsers as add_mini_parsers
 
     add_generate_parsers(subparsers)
     add_remote_parser(subparsers)
     add_download_parser(subparsers)
     add_cache_parser(subparsers)
+    add_mini_parsers(subparsers)
     return parser
 
 

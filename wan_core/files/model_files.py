@@ -29,20 +29,25 @@ def _explicit(value, folder: Path | None, component: str) -> Path:
 
 def resolve_model_files(model: str | None, task: str, diffusion_model=None, vae=None, text_encoder=None,
                         clip_vision=None, *, tokenizer=None) -> ModelFiles:
-    """`model` is 'tiny' or a model folder; explicit files override its defaults. task is 'i2v' or 'v2v'.
+    """`model` is 'tiny', 'mini' or a model folder; explicit files override its defaults. task is 'i2v' or 'v2v'.
 
     In a ComfyUI models folder an explicit value may be a bare file name (as ComfyUI's loaders list them):
     `diffusion_model="wan2.1_i2v_720p_14B_bf16.safetensors"` means diffusion_models/ of that folder.
     """
     folder = None
-    if model == "tiny":
+    if model == "mini":  # the trained mini model shipped in wan_core/builtin/mini (image-to-video only)
+        from ..builtin.mini import mini_model_paths
+
+        paths = mini_model_paths()
+        paths["diffusion_model"] = paths["i2v"]
+    elif model == "tiny":
         paths = {key: path for key, path in tiny_model_paths().items()}
         paths["diffusion_model"] = paths["i2v"] if task == "i2v" else paths["t2v"]
     elif model:
         folder = Path(model)
         if not folder.is_dir():
             raise WanInputError(f"model={model!r} is neither 'tiny' nor a folder (a ComfyUI models folder, a "
-                                "diffusers folder or the Wan-AI release)")
+                                "diffusers folder or the Wan-AI release), nor 'mini'")
         paths = files_in_folder(folder, task)
     else:
         paths = {}

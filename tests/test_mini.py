@@ -1,0 +1,104 @@
+"""The mini model: its training script still runs and refuses bad input, the shipped files load through the normal
+path. How well it keeps a held-out picture and moves as told is measured by bench/bench_mini_quality.py
+(BENCHMARKS.md); the test of those targets comes with weights that meet them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wan_core.builtin import mini_data as data
+from wan_core.builtin.mini import MINI_FILES, mini_model_paths
+from wan_core.builtin.mini_quality import phase_shift
+from wan_core.builtin.train_mini import PLANS, train_mini
+from wan_core.cli.main import main
+from wan_core.errors import WanInputError
+
+HELD_OUT_SEED = data.PROCEDURAL_HELD_OUT_SEEDS[0]
+EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "first_frame.png")
+
+
+# ---- the training script -----------------------------------------------------------------------------------------
+
+
+def test_training_script_runs_every_stage_on_a_toy_size_and_its_files_load(tmp_path):
+    out = tmp_path / "mini"
+    record = train_mini(out, seed=3, plan=PLANS["smoke"])
+    assert set(record["seconds"]) == {"vae", "precompute", "transformer", "lora", "total"}
+    assert all(np.isfinite(record[f"{stage}_losses"]).all() for stage in ("vae", "transformer", "lora"))
+    paths = mini_model_paths(out)
+    video = tmp_path / "toy.mp4"
+    # the toy files go through the command line like any ComfyUI-layout files, with the LoRA in the stack
+    assert main(["i2v", "--diffusion-model", str(paths["i2v"]), "--vae", str(paths["vae"]), "--text-encoder",
+                 str(paths["text_encoder"]), "--clip-vision", str(paths["clip_vision"]), "--image",
+                 EXAMPLE, "--prompt", "the camera pans slowly to the left", "--size", "160*96",
+                 "--frames", "5", "--steps", "2", "--seed", "1", "--lora", str(paths["lora"]), "--out",
+                 str(video)]) == 0
+    assert video.stat().st_size > 0
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path):
+    first = train_mini(tmp_path / "a", seed=5, plan=PLANS["smoke"])
+    second = train_mini(tmp_path / "b", seed=5, plan=PLANS["smoke"])
+    assert first["transformer_losses"] == second["transformer_losses"]
+    assert first["lora_losses"] == second["lora_losses"]
+
+
+def test_training_refuses_a_folder_that_is_not_empty_and_overwrites_nothing(tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(WanInputError, match="not an empty folder"):
+        train_mini(out, plan=PLANS["smoke"])
+    assert main(["train-mini", "--out", str(out), "--plan", "smoke"]) == 2
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("steps", ["0", "-3"])
+def test_training_refuses_a_bad_step_count_before_any_work(tmp_path, steps, capsys):
+    out = tmp_path / "new"
+    assert main(["train-mini", "--out", str(out), "--plan", "smoke", "--dit-steps", steps]) == 2
+    assert "dit_steps" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "new.partial").exists()
+
+
+# ---- the shipped files -------------------------------------------------------------------------------------------
+
+
+def test_shipped_mini_files_are_comfyui_layout_and_small():
+    paths = mini_model_paths()
+    for component, (folder, name) in MINI_FILES.items():
+        assert paths[component].parent.name == folder and paths[component].name == name
+    total = sum(path.stat().st_size for path in paths.values())
+    assert total < 30 * 2**20, f"the mini files take {total / 2**20:.1f} MiB"
+
+
+def test_mini_loads_through_the_normal_loader(mini_i2v):
+    config = mini_i2v.transformer.config
+    assert mini_i2v.is_i2v and config.in_channels == 36 and config.image_dim is not None
+    assert mini_i2v.vae.config.z_dim == 16 and mini_i2v.image_encoder is not None
+
+
+def test_model_mini_on_the_command_line_and_mini_models_command(tmp_path):
+    video = tmp_path / "out.mp4"
+    assert main(["i2v", "--model", "mini", "--image", EXAMPLE, "--prompt",
+                 "the camera pans slowly to the left", "--size", "160*96", "--frames", "5", "--steps", "2",
+                 "--seed", "0", "--out", str(video)]) == 0
+    assert video.stat().st_size > 0
+    models_dir = tmp_path / "models"
+    assert main(["mini-models", "--models-dir", str(models_dir)]) == 0
+    for folder, name in MINI_FILES.values():
+        assert (models_dir / folder / name).is_file()
+    assert (models_dir / "loras" / "wan21_mini_sepia_lora.safetensors").is_file()
+
+
+# ---- what it learnt ----------------------------------------------------------------------------------------------
+
+
+def test_phase_correlation_measures_a_known_shift():
+    """The benchmark's own ruler: a picture moved 5 px right reads +5."""
+    picture = data.procedural_picture(HELD_OUT_SEED)[:96, :160]
+    moved = np.roll(picture, 5, axis=1)
+    assert phase_shift(picture, moved)[1] == pytest.approx(5, abs=0.3)

@@ -1,0 +1,613 @@
+"""`python -m wan_core train-mini --out DIR`: train the mini Wan 2.1 I2V model from nothing, on the CPU.
+
+Three stages, each on what the previous one made:
+  1. VAE (AutoencoderKLWan, z_dim 16): reconstruct single frames and 1+4-frame clips (still ones must give the same
+     latent for the lone first frame and for the 4-frame chunk after it, so that camera moves can be made in latent
+     space, see 2). Afterwards its latent statistics are folded into quant_conv / post_quant_conv so that the
+     engine's fixed Wan 2.1 latents_mean / latents_std (read from no file) normalise them to ~N(0, 1).
+  2. Transformer (WanTransformer3DModel, 36 channels in, image branch): flow matching on the engine's shifted sigma
+     schedule (sigma uniform, then shifted by schedule.shift_sigma with default_flow_shift(160, 96) = 3), velocity
+     target noise - x0, conditioned as the engine conditions it: UMT5 prompt states padded to 512, CLIP tokens of the
+     first frame, and mask + normalised latents of "first frame, then grey". Encoding 81 frames costs ~20 s here,
+     so the camera moves are made in latent space: each picture's latent is encoded once, larger than the frame,
+     and each latent frame is the camera's window over it at the time that latent frame stands for (bicubic
+     resampling); latent frame 0 is the exact encoding of the first frame.
+  3. LoRA (rank 8 on every attention and feed-forward Linear of the blocks): the same task with sepia-graded
+     targets; saved in ComfyUI's layout (diffusion_model.<original Wan name>.lora_A/lora_B/alpha).
+The text encoder (UMT5 + a sentencepiece tokenizer trained on the prompt sentences) and CLIP vision stay frozen at
+their seeded random initialisation: the transformer learns to read them.
+
+Deterministic for a seed on one machine with the same thread count (CPU only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import sentencepiece
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
+from safetensors.torch import save_file
+from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+from ..errors import WanInputError
+from ..files.loading import TOKENIZER_TENSOR, WAN_HEAD_DIM, WanModels, load_clip_vision, load_text_encoder, load_vae
+from ..files.wan_names import transformer_key_to_wan
+from ..sampling import conditioning
+from ..sampling.params import WAN_NEGATIVE_PROMPT
+from ..sampling.schedule import default_flow_shift, shift_sigma
+from ..tiny import TOKENIZER_CORPUS, _comfy_state, vae_key_to_wan
+from . import mini_data as data
+from .mini import MINI_FILES, MINI_LORA
+
+STEP_RANGE = (1, 1_000_000)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Model sizes and how much of each stage to run."""
+
+    vae_base_dim: int = 8
+    width: int = 256  # transformer width; heads = width / 128
+    layers: int = 4
+    ffn: int = 512
+    text_dim: int = 128
+    text_layers: int = 2
+    clip_width: int = 64
+    lora_rank: int = 8
+    vae_steps: int = 700
+    dit_steps: int = 350
+    lora_steps: int = 50
+    procedural_pictures: int = 120
+    photo_crops: int = 3  # random crops per training photo
+    use_photos: bool = True
+    vae_crop: int = 64
+    dit_batch: int = 2
+    latent_lengths: tuple[int, ...] = (21, 21, 13, 9)  # drawn per step: 81 frames mostly, shorter for speed
+    lora_lengths: tuple[int, ...] = (9, 13)
+    lora_pictures: int = 40
+    lr_vae: float = 1e-3
+    lr_dit: float = 6e-4
+    lr_lora: float = 2e-3
+
+
+PLANS = {
+    "full": Plan(),
+    # every stage on a toy size: what the test runs to check the script still works
+    "smoke": Plan(vae_base_dim=4, width=128, layers=1, ffn=128, text_dim=32, text_layers=1, clip_width=32,
+                  lora_rank=2, vae_steps=2, dit_steps=2, lora_steps=2, procedural_pictures=2, photo_crops=0,
+                  use_photos=False, vae_crop=32, dit_batch=1, latent_lengths=(2,), lora_lengths=(2,), lora_pictures=2),
+}
+
+
+def log(message: str):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---- the frozen encoders -----------------------------------------------------------------------------------------
+
+
+def tokenizer_model() -> bytes:
+    """A sentencepiece unigram model (T5 ids: pad 0, eos 1, unk 2) learnt from the training sentences only."""
+    lines = [p for prompts in data.training_prompts().values() for p in prompts]
+    lines += TOKENIZER_CORPUS.splitlines() + [WAN_NEGATIVE_PROMPT]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines * 4), model_writer=model, vocab_size=400, model_type="unigram", pad_id=0,
+        eos_id=1, unk_id=2, bos_id=-1, num_threads=1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def text_encoder(plan: Plan, vocab_size: int) -> UMT5EncoderModel:
+    config = UMT5Config(vocab_size=vocab_size, d_model=plan.text_dim, d_kv=64, d_ff=2 * plan.text_dim,
+                        num_layers=plan.text_layers, num_heads=max(1, plan.text_dim // 64), feed_forward_proj="gated-gelu",
+                        dropout_rate=0.0, is_encoder_decoder=False)
+    return UMT5EncoderModel(config).eval()
+
+
+def clip_vision(plan: Plan) -> CLIPVisionModel:
+    # image_size 32, patch 8: 17 tokens; the loader reads heads as width / 64
+    config = CLIPVisionConfig(hidden_size=plan.clip_width, intermediate_size=2 * plan.clip_width, num_hidden_layers=3,
+                              num_attention_heads=max(1, plan.clip_width // 64), image_size=32, patch_size=8,
+                              hidden_act="gelu", layer_norm_eps=1e-5)
+    return CLIPVisionModel(config).eval()
+
+
+def transformer(plan: Plan) -> WanTransformer3DModel:
+    return WanTransformer3DModel(
+        num_attention_heads=plan.width // WAN_HEAD_DIM, attention_head_dim=WAN_HEAD_DIM, in_channels=36,
+        out_channels=16, text_dim=plan.text_dim, freq_dim=256, ffn_dim=plan.ffn, num_layers=plan.layers,
+        image_dim=plan.clip_width, added_kv_proj_dim=plan.width, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+    )
+
+
+# ---- pictures ----------------------------------------------------------------------------------------------------
+
+
+def training_pictures(plan: Plan, seed: int) -> torch.Tensor:
+    """[N, 3, SOURCE_H, SOURCE_W] in 0..1: procedural scenes (seeds below 1e6) and random crops of training photos."""
+    rng = np.random.default_rng([seed, 1])
+    pictures = [data.procedural_picture(int(s)) for s in rng.integers(0, 1_000_000, plan.procedural_pictures)]
+    if plan.use_photos:
+        for name in data.PHOTOS_TRAIN:
+            pictures += [data.photo_crop(name, rng) for _ in range(plan.photo_crops)]
+    order = rng.permutation(len(pictures))
+    return torch.stack([torch.from_numpy(pictures[i]).permute(2, 0, 1) for i in order])
+
+
+def first_frames(pictures: torch.Tensor) -> torch.Tensor:
+    """[N, 3, SOURCE_H, SOURCE_W] -> [N, 3, FRAME_H, FRAME_W]: the camera's first window (the centre crop)."""
+    top, left = (data.SOURCE_H - data.FRAME_H) // 2, (data.SOURCE_W - data.FRAME_W) // 2
+    return pictures[:, :, top:top + data.FRAME_H, left:left + data.FRAME_W]
+
+
+# ---- stage 1: VAE ------------------------------------------------------------------------------------------------
+
+
+def _vae_batch(pictures: torch.Tensor, rng: np.random.Generator, step: int, crop: int):
+    """(clip [B, 3, T, h, w] in -1..1, still: whether every frame is the same). Three kinds in turn:
+    8 single-frame crops; 2 clips of 1+4 frames (camera moves at 1-3x the demo speed, or still); 2 whole frames."""
+    kind = step % 3
+    if kind == 0:
+        items = []
+        for i in rng.integers(0, len(pictures), 8):
+            top, left = rng.integers(0, data.SOURCE_H - crop + 1), rng.integers(0, data.SOURCE_W - crop + 1)
+            items.append(pictures[i, :, top:top + crop, left:left + crop])
+        return torch.stack(items)[:, :, None] * 2 - 1, False
+    if kind == 1:
+        still = bool(rng.random() < 0.5)
+        clips = []
+        for i in rng.integers(0, len(pictures), 2):
+            motion = "still" if still else data.MOTIONS[rng.integers(0, 4)]
+            speed = rng.uniform(1, 3)
+            grid = data.camera_grid(motion, [speed * f for f in range(5)], data.SOURCE_W, data.SOURCE_H,
+                                    data.FRAME_W, data.FRAME_H)
+            frames = F.grid_sample(pictures[i][None].expand(5, -1, -1, -1), grid, mode="bicubic",
+                                   padding_mode="border", align_corners=False).clamp(0, 1)  # [5, 3, H, W]
+            top, left = rng.integers(0, data.FRAME_H - crop + 1), rng.integers(0, data.FRAME_W - crop + 1)
+            clips.append(frames[:, :, top:top + crop, left:left + crop].permute(1, 0, 2, 3))
+        return torch.stack(clips) * 2 - 1, still
+    chosen = rng.integers(0, len(pictures), 2)
+    return first_frames(pictures[chosen])[:, :, None] * 2 - 1, False
+
+
+class PatchCode:
+    """A linear code of 8x8 RGB patches: their 16 principal components (unit variance each), ~27 dB on the
+    training pictures. The Wan VAE trained end to end from random weights sits for hundreds of steps at the
+    "mean colour" plateau; asking its encoder for these codes and its decoder to invert them gives every layer a
+    direct target, so it gets moving within the few hundred steps this CPU affords."""
+
+    def __init__(self, pictures: torch.Tensor, z_dim: int = 16):
+        patches = self.patches(pictures * 2 - 1).reshape(-1, 192)  # [N * L, 192]
+        self.mean = patches.mean(0)
+        _, _, components = torch.linalg.svd(patches - self.mean, full_matrices=False)
+        self.basis = components[:z_dim]  # [16, 192]
+        self.scale = ((patches - self.mean) @ self.basis.T).std(0)
+
+    @staticmethod
+    def patches(images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, H/8 * W/8, 192]"""
+        return F.unfold(images, 8, stride=8).transpose(1, 2)
+
+    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
+        """[B, 3, T, H, W] in -1..1 (T = 1 + 4k) -> codes [B, 16, T_lat, H/8, W/8]: latent frame 0 codes the first
+        frame, each later one the mean of its 4 frames."""
+        batch, _, frames, height, width = clip.shape
+        chunks = [clip[:, :, 0]] + [clip[:, :, i:i + 4].mean(2) for i in range(1, frames, 4)]
+        codes = []
+        for image in chunks:
+            code = ((self.patches(image) - self.mean) @ self.basis.T) / self.scale  # [B, L, 16]
+            codes.append(code.transpose(1, 2).reshape(batch, -1, height // 8, width // 8))
+        return torch.stack(codes, dim=2)
+
+
+def train_vae(vae: AutoencoderKLWan, pictures: torch.Tensor, plan: Plan, seed: int) -> list[float]:
+    rng = np.random.default_rng([seed, 2])
+    code_of = PatchCode(pictures)
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=plan.lr_vae, weight_decay=0.0)
+    losses = []
+    vae.train()
+    for step in range(plan.vae_steps):
+        for group in optimiser.param_groups:
+            group["lr"] = _cosine(plan.lr_vae, step, plan.vae_steps)
+        clip, still = _vae_batch(pictures, rng, step, plan.vae_crop)
+        code = code_of(clip)
+        mu = vae.encode(clip).latent_dist.mean  # [B, 16, T_lat, h/8, w/8]
+        out = vae.decode(mu).sample
+        from_code = vae.decode(code).sample
+        # guidance by the patch code fades out over the first half: then plain reconstruction takes over
+        guide = max(0.0, 1.0 - 2.0 * step / plan.vae_steps)
+        reconstruction = F.l1_loss(out, clip) + F.mse_loss(out, clip)
+        loss = reconstruction + guide * (F.mse_loss(mu, code) + F.mse_loss(from_code, clip)) + 1e-4 * mu.pow(2).mean()
+        if still:  # the chunk after a still first frame must encode like it (latent-space camera moves rely on it)
+            loss = loss + 0.1 * F.mse_loss(mu[:, :, 1:], mu[:, :, :1].expand_as(mu[:, :, 1:]))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimiser.step()
+        losses.append(reconstruction.item())
+        if step % 25 == 0 or step == plan.vae_steps - 1:
+            mse = F.mse_loss(out.detach(), clip).item()
+            log(f"vae step {step + 1}/{plan.vae_steps} loss {np.mean(losses[-25:]):.4f} psnr {10 * np.log10(4 / mse):.1f}")
+    vae.eval().requires_grad_(False)
+    return losses
+
+
+def _cosine(peak: float, step: int, total: int, warmup: int = 20) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+@torch.no_grad()
+def encode(vae: AutoencoderKLWan, clips: torch.Tensor, batch: int = 4) -> torch.Tensor:
+    """[N, 3, T, H, W] in 0..1 -> raw latent means [N, 16, T_lat, H/8, W/8], several at once (PyTorch's CPU conv3d
+    takes its fast oneDNN path only for batches above one, so even one clip goes in twice)."""
+    out = []
+    for start in range(0, len(clips), batch):
+        chunk = clips[start:start + batch] * 2 - 1
+        padded = torch.cat([chunk, chunk[:1]]) if len(chunk) == 1 else chunk
+        out.append(vae.encode(padded).latent_dist.mean[:len(chunk)])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def fold_latent_statistics(vae: AutoencoderKLWan, samples: torch.Tensor):
+    """Make the VAE's raw latents have Wan 2.1's per-channel mean and std (its config values, which the engine
+    normalises with), by an exact affine change folded into quant_conv (encoder side) and post_quant_conv (decoder
+    side). samples: raw means [N, 16, ...] of the trained VAE."""
+    z = vae.config.z_dim
+    flat = samples.transpose(0, 1).reshape(z, -1)
+    mean, std = flat.mean(1), flat.std(1).clamp_min(1e-4)
+    target_mean = torch.tensor(vae.config.latents_mean)
+    target_std = torch.tensor(vae.config.latents_std)
+    scale = target_std / std  # raw' = scale * raw + offset
+    offset = target_mean - mean * scale
+    quant, post = vae.quant_conv, vae.post_quant_conv  # 1x1x1 causal convs: [2z, 2z, 1, 1, 1], [z, z, 1, 1, 1]
+    quant.weight[:z] *= scale.view(z, 1, 1, 1, 1)
+    quant.bias[:z] = quant.bias[:z] * scale + offset
+    quant.bias[z:] += 2 * torch.log(scale)  # log-variance of the rescaled posterior
+    inner = post.weight[:, :, 0, 0, 0]  # [z_out, z_in]
+    post.bias += -(inner @ (offset / scale))
+    post.weight /= scale.view(1, z, 1, 1, 1)
+
+
+# ---- stage 2: data for the transformer ---------------------------------------------------------------------------
+
+
+@dataclass
+class PictureSet:
+    """Everything the transformer is trained on for each picture, normalised as the engine normalises."""
+
+    source: torch.Tensor  # [N, 16, SOURCE_H/8, SOURCE_W/8]: the whole picture's latent
+    condition: torch.Tensor  # [N, 16, 4, FRAME_H/8, FRAME_W/8]: latents of "first frame, then grey"
+    image_tokens: torch.Tensor  # [N, 17, clip_width]: CLIP tokens of the first frame
+
+
+def condition_clip(frames: torch.Tensor, total: int) -> torch.Tensor:
+    """[N, 3, H, W] -> [N, 3, total, H, W]: the first frame then grey (0.5, i.e. 0 in the VAE's range), as
+    conditioning.first_frame_condition builds it."""
+    grey = torch.full((frames.shape[0], 3, total - 1, *frames.shape[2:]), 0.5)
+    return torch.cat([frames[:, :, None], grey], dim=2)
+
+
+def precompute(models: WanModels, pictures: torch.Tensor) -> PictureSet:
+    vae = models.vae
+    source = conditioning.normalise_latents(models, encode(vae, pictures[:, :, None]))[:, :, 0]
+    frames = first_frames(pictures)
+    # Latents 0 and 1 of "first frame, then grey" exactly, per picture (5 frames). Latents 2 and 3 (past them the
+    # grey clip's latents repeat) vary little with the picture but cost 13 frames each to encode here: they come
+    # from a few pictures' mean, and training adds noise to every condition latent after the first (see
+    # condition_latents) so that the model learns not to rely on them.
+    head = conditioning.normalise_latents(models, encode(vae, condition_clip(frames, 5)))
+    long = conditioning.normalise_latents(models, encode(vae, condition_clip(frames[:4], 13)))
+    tail = long[:, :, 2:4].mean(0, keepdim=True)
+    log(f"grey condition latents 2-3: spread across pictures {float((long[:, :, 2:4] - tail).abs().max()):.3f} "
+        f"(latent 1 spread {float((head[:, :, 1] - head[:, :, 1].mean(0)).abs().max()):.3f})")
+    condition = torch.cat([head, tail.expand(len(pictures), -1, -1, -1, -1)], dim=2)
+    tokens = torch.cat([conditioning.encode_image_tokens(models, frame.permute(1, 2, 0)) for frame in frames])
+    return PictureSet(source, condition, tokens)
+
+
+def condition_latents(condition: torch.Tensor, latent_frames: int, rng: np.random.Generator | None = None,
+                      noise: float = 0.5) -> torch.Tensor:
+    """[16, 4, h, w] -> [4 + 16, T, h, w]: the engine's mask (all 4 channels 1 on latent frame 0) then the
+    condition latents, the last one repeated to length; with rng, noise on the grey latents (1 on)."""
+    picks = [min(t, condition.shape[1] - 1) for t in range(latent_frames)]
+    latents = condition[:, picks].clone()
+    if rng is not None and latent_frames > 1:
+        latents[:, 1:] += noise * torch.from_numpy(rng.standard_normal(latents[:, 1:].shape)).float()
+    mask = torch.zeros(4, *latents.shape[1:])
+    mask[:, 0] = 1.0
+    return torch.cat([mask, latents])
+
+
+def clip_target(pictures: PictureSet, index: int, motion: str, latent_frames: int,
+                source: torch.Tensor | None = None, first: torch.Tensor | None = None) -> torch.Tensor:
+    """x0 [16, T, h, w]: the camera move over picture `index` in latent space; frame 0 the exact first latent."""
+    x0 = data.camera_latents(pictures.source[index] if source is None else source[index], motion, latent_frames)
+    x0[:, 0] = pictures.condition[index, :, 0] if first is None else first[index]
+    return x0
+
+
+# ---- stage 2: transformer ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prompts:
+    embeddings: dict[str, torch.Tensor]  # sentence -> [512, text_dim]
+    by_motion: dict[str, list[str]]
+    negative: torch.Tensor
+    empty: torch.Tensor
+
+
+def encode_prompts(models: WanModels) -> Prompts:
+    by_motion = data.training_prompts()
+    sentences = [s for group in by_motion.values() for s in group]
+    embeddings = {s: conditioning.encode_prompt(models, s)[0] for s in sentences}
+    return Prompts(embeddings, by_motion, conditioning.encode_prompt(models, WAN_NEGATIVE_PROMPT)[0],
+                   conditioning.encode_prompt(models, "")[0])
+
+
+def _text_for(prompts: Prompts, motion: str, rng: np.random.Generator) -> torch.Tensor:
+    """A random training sentence for the motion; 10% the negative prompt and 5% the empty one, so that
+    classifier-free guidance has an unconditional model to push away from."""
+    draw = rng.random()
+    if draw < 0.10:
+        return prompts.negative
+    if draw < 0.15:
+        return prompts.empty
+    group = prompts.by_motion[motion]
+    return prompts.embeddings[group[rng.integers(0, len(group))]]
+
+
+def flow_loss(model: WanTransformer3DModel, x0, condition, text, tokens, rng: np.random.Generator, shift: float):
+    """Flow matching at a shifted uniform sigma, exactly on the engine's path: x = (1 - s) x0 + s noise, v = noise - x0.
+    x0 [B, 16, T, h, w], condition [B, 20, T, h, w], text [B, 512, d], tokens [B, 17, d_img]."""
+    batch = x0.shape[0]
+    sigma = shift_sigma(torch.from_numpy(rng.uniform(0, 1, batch)).float(), shift).clamp(1e-3, 1 - 1e-3)
+    noise = torch.from_numpy(rng.standard_normal(x0.shape)).float()
+    s = sigma.view(batch, 1, 1, 1, 1)
+    noisy = (1 - s) * x0 + s * noise
+    timestep = torch.floor(sigma * 1000)  # the engine's model_timestep truncates the same way
+    velocity = model(hidden_states=torch.cat([noisy, condition], dim=1), timestep=timestep, encoder_hidden_states=text,
+                     encoder_hidden_states_image=tokens, return_dict=False)[0]
+    return F.mse_loss(velocity, noise - x0)
+
+
+def _dit_batch(pictures: PictureSet, prompts: Prompts, rng, batch: int, lengths, target=None, first=None):
+    latent_frames = int(lengths[rng.integers(0, len(lengths))])
+    x0, condition, text, tokens = [], [], [], []
+    for _ in range(batch):
+        index = int(rng.integers(0, len(pictures.source)))
+        motion = data.MOTIONS[rng.integers(0, len(data.MOTIONS))]
+        x0.append(clip_target(pictures, index, motion, latent_frames, target, first))
+        condition.append(condition_latents(pictures.condition[index], latent_frames, rng))
+        text.append(_text_for(prompts, motion, rng))
+        tokens.append(pictures.image_tokens[index])
+    return torch.stack(x0), torch.stack(condition), torch.stack(text), torch.stack(tokens)
+
+
+def train_transformer(model, pictures: PictureSet, prompts: Prompts, plan: Plan, seed: int, *, steps: int, lr: float,
+                      lengths, parameters, label: str, target=None, first=None) -> list[float]:
+    rng = np.random.default_rng([seed, 3 if label == "transformer" else 4])
+    optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01 if label == "transformer" else 0.0)
+    shift = default_flow_shift(data.FRAME_W, data.FRAME_H)
+    losses = []
+    model.train()
+    started = time.perf_counter()
+    for step in range(steps):
+        for group in optimiser.param_groups:
+            group["lr"] = _cosine(lr, step, steps)
+        x0, condition, text, tokens = _dit_batch(pictures, prompts, rng, plan.dit_batch, lengths, target, first)
+        loss = flow_loss(model, x0, condition, text, tokens, rng, shift)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimiser.step()
+        losses.append(loss.item())
+        if step % 25 == 0 or step == steps - 1:
+            rate = (step + 1) / (time.perf_counter() - started)
+            log(f"{label} step {step + 1}/{steps} loss {np.mean(losses[-25:]):.4f} ({rate:.2f} steps/s)")
+    model.eval().requires_grad_(False)
+    return losses
+
+
+# ---- stage 3: LoRA -----------------------------------------------------------------------------------------------
+
+
+class LoraLinear(torch.nn.Module):
+    """y = base(x) + (alpha / rank) * B A x, with B zero at the start so training starts from the base model."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int, generator: torch.Generator):
+        super().__init__()
+        self.base = base
+        self.down = torch.nn.Parameter(torch.randn(rank, base.in_features, generator=generator) / math.sqrt(base.in_features))
+        self.up = torch.nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x):
+        return self.base(x) + F.linear(F.linear(x, self.down), self.up)  # alpha = rank: scale 1
+
+
+def add_lora(model: WanTransformer3DModel, rank: int, seed: int) -> dict[str, LoraLinear]:
+    """Wrap every Linear inside the blocks (attention q/k/v/out, image k/v, feed-forward) in a LoraLinear."""
+    generator = torch.Generator().manual_seed(seed)
+    wrapped = {}
+    for name, module in list(model.named_modules()):
+        if name.startswith("blocks.") and isinstance(module, torch.nn.Linear):
+            parent_name, _, child = name.rpartition(".")
+            lora = LoraLinear(module, rank, generator)
+            setattr(model.get_submodule(parent_name), child, lora)
+            wrapped[name] = lora
+    return wrapped
+
+
+def remove_lora(model: WanTransformer3DModel, wrapped: dict[str, LoraLinear]):
+    for name, lora in wrapped.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, lora.base)
+
+
+def lora_state(wrapped: dict[str, LoraLinear]) -> dict[str, torch.Tensor]:
+    """ComfyUI's LoRA layout: diffusion_model.<original Wan name>.lora_A.weight [rank, in] / lora_B.weight
+    [out, rank] / alpha (= rank: the product B A is added at scale 1)."""
+    state = {}
+    for name, lora in wrapped.items():
+        key = "diffusion_model." + transformer_key_to_wan(name + ".weight").removesuffix(".weight")
+        state[f"{key}.lora_A.weight"] = lora.down.detach().to(torch.float16).contiguous()
+        state[f"{key}.lora_B.weight"] = lora.up.detach().to(torch.float16).contiguous()
+        state[f"{key}.alpha"] = torch.tensor(float(lora.down.shape[0]))
+    return state
+
+
+# ---- files -------------------------------------------------------------------------------------------------------
+
+
+def _save(state: dict[str, torch.Tensor], path: Path, dtype=torch.float16):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.to(dtype).contiguous() if v.is_floating_point() and v.ndim > 0 else v.contiguous()
+             for k, v in state.items()}
+    save_file(state, str(path), metadata={"format": "pt", "wanflow": "mini"})
+
+
+def save_encoders(out: Path, encoder: UMT5EncoderModel, tokenizer_bytes: bytes, clip: CLIPVisionModel):
+    text_state = {k: v for k, v in encoder.state_dict().items() if "embed_tokens" not in k}
+    text_state[TOKENIZER_TENSOR] = torch.from_numpy(np.frombuffer(tokenizer_bytes, dtype=np.uint8).copy())
+    _save(text_state, out / Path(*MINI_FILES["text_encoder"]))
+    clip_state = {"vision_model." + k.removeprefix("vision_model."): v for k, v in clip.state_dict().items()}
+    _save(clip_state, out / Path(*MINI_FILES["clip_vision"]))
+
+
+def save_vae(out: Path, vae: AutoencoderKLWan):
+    # float32: the VAE is small and its first-frame reconstruction is what the PSNR target measures
+    _save(_comfy_state(vae, vae_key_to_wan, convert_wan_vae_to_diffusers), out / Path(*MINI_FILES["vae"]), torch.float32)
+
+
+def save_transformer(out: Path, model: WanTransformer3DModel):
+    _save(_comfy_state(model, transformer_key_to_wan, convert_wan_transformer_to_diffusers),
+          out / Path(*MINI_FILES["i2v"]))
+
+
+# ---- the command -------------------------------------------------------------------------------------------------
+
+
+def check_arguments(out: Path, steps: dict[str, int]):
+    """Everything that can be wrong with the input, before any work: nothing existing is ever overwritten."""
+    for name, value in steps.items():
+        if not isinstance(value, int) or not STEP_RANGE[0] <= value <= STEP_RANGE[1]:
+            raise WanInputError(f"{name}={value!r}: a step count is a whole number from {STEP_RANGE[0]} to "
+                                f"{STEP_RANGE[1]}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise WanInputError(f"out={str(out)!r} exists and is not an empty folder: give a new folder, nothing is "
+                            "overwritten")
+
+
+def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"], reuse_vae=None) -> dict:
+    """Train every stage into `out` (a new or empty folder) in ComfyUI's layout; returns the training record.
+    reuse_vae: a folder from an earlier run with the same seed and plan: its VAE and frozen encoders are taken
+    as they are and stage 1 is skipped (to retrain the transformer and LoRA alone)."""
+    out = Path(out)
+    if reuse_vae is not None:
+        missing = [sub for sub in ("vae", "text_encoder", "clip_vision")
+                   if not (Path(reuse_vae) / Path(*MINI_FILES[sub])).is_file()]
+        if missing:
+            raise WanInputError(f"reuse_vae={str(reuse_vae)!r} lacks the {missing} files of a train-mini run")
+    check_arguments(out, {"vae_steps": plan.vae_steps, "dit_steps": plan.dit_steps, "lora_steps": plan.lora_steps})
+    torch.manual_seed(seed)
+    work = out.with_name(out.name + ".partial")  # written there, renamed at the end: no half-made output folder
+    if work.exists():
+        raise WanInputError(f"{str(work)!r} exists (a stopped run?): remove it first")
+    record = {"seed": seed, "plan": asdict(plan), "threads": torch.get_num_threads(), "seconds": {}}
+    started = time.perf_counter()
+
+    tokenizer_bytes = tokenizer_model()
+    vocab = sentencepiece.SentencePieceProcessor(model_proto=tokenizer_bytes).get_piece_size()
+    torch.manual_seed(seed + 1)
+    save_encoders(work, text_encoder(plan, vocab), tokenizer_bytes, clip_vision(plan))
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKLWan(base_dim=plan.vae_base_dim, z_dim=16)
+    if reuse_vae is not None:
+        for sub in ("vae", "text_encoder", "clip_vision"):
+            (work / MINI_FILES[sub][0]).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(reuse_vae) / Path(*MINI_FILES[sub]), work / Path(*MINI_FILES[sub]))
+        vae = load_vae(work / Path(*MINI_FILES["vae"]))
+    torch.manual_seed(seed + 3)
+    model = transformer(plan)
+    pictures = training_pictures(plan, seed)
+    log(f"{len(pictures)} training pictures; transformer {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, "
+        f"VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters")
+
+    mark = time.perf_counter()
+    if reuse_vae is None:
+        record["vae_losses"] = train_vae(vae, pictures, plan, seed)[-50:]
+        fold_latent_statistics(vae, encode(vae, pictures[:, :, None], batch=8))
+        save_vae(work, vae)
+    else:
+        record["vae_reused_from"] = str(reuse_vae)
+    record["seconds"]["vae"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    encoder, tokenizer = load_text_encoder(work / Path(*MINI_FILES["text_encoder"]))
+    clip, processor = load_clip_vision(work / Path(*MINI_FILES["clip_vision"]))
+    models = WanModels(model, vae, encoder, tokenizer, clip, processor)
+    prompts = encode_prompts(models)
+    picture_set = precompute(models, pictures)
+    record["seconds"]["precompute"] = time.perf_counter() - mark
+    log(f"precomputed latents, prompts and CLIP tokens in {record['seconds']['precompute']:.0f} s")
+
+    mark = time.perf_counter()
+    model.requires_grad_(True)
+    record["transformer_losses"] = train_transformer(
+        model, picture_set, prompts, plan, seed, steps=plan.dit_steps, lr=plan.lr_dit, lengths=plan.latent_lengths,
+        parameters=list(model.parameters()), label="transformer")[-50:]
+    save_transformer(work, model)
+    record["seconds"]["transformer"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    count = min(plan.lora_pictures, len(pictures))
+    graded = data.sepia(pictures[:count].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    sepia_source = conditioning.normalise_latents(models, encode(vae, graded[:, :, None]))[:, :, 0]
+    sepia_first = conditioning.normalise_latents(models, encode(vae, first_frames(graded)[:, :, None]))[:, :, 0]
+    subset = PictureSet(picture_set.source[:count], picture_set.condition[:count], picture_set.image_tokens[:count])
+    wrapped = add_lora(model, plan.lora_rank, seed + 4)
+    parameters = [p for lora in wrapped.values() for p in (lora.down, lora.up)]
+    record["lora_losses"] = train_transformer(
+        model, subset, prompts, plan, seed, steps=plan.lora_steps, lr=plan.lr_lora, lengths=plan.lora_lengths,
+        parameters=parameters, label="lora", target=sepia_source, first=sepia_first)[-50:]
+    _save(lora_state(wrapped), work / MINI_LORA)
+    remove_lora(model, wrapped)
+    record["seconds"]["lora"] = time.perf_counter() - mark
+
+    record["seconds"]["total"] = time.perf_counter() - started
+    (work / "training.json").write_text(json.dumps(record, indent=1))
+    if out.exists():
+        out.rmdir()  # checked empty above
+    os.replace(work, out)
+    log(f"wrote {out} in {record['seconds']['total'] / 60:.1f} min")
+    return record
+
+
+def run(args) -> int:
+    """The train-mini command (arguments from cli/mini.py)."""
+    plan = PLANS[args.plan]
+    overrides = {name: getattr(args, name) for name in ("vae_steps", "dit_steps", "lora_steps", "procedural_pictures")
+                 if getattr(args, name) is not None}
+    plan = replace(plan, **overrides)
+    check_arguments(Path(args.out), {"vae_steps": plan.vae_steps, "dit_steps": plan.dit_steps,
+                                     "lora_steps": plan.lora_steps})
+    torch.set_num_threads(args.threads)
+    train_mini(args.out, args.seed, plan, reuse_vae=args.reuse_vae)
+    return 0
