@@ -111,7 +111,7 @@ def vae_key_to_wan(key: str) -> str:
     return key
 
 
-def _comfy_state(module, key_to_wan, converter) -> dict[str, torch.Tensor]:
+def comfy_state(module, key_to_wan, converter) -> dict[str, torch.Tensor]:
     """The module's weights under original Wan names, checked to convert back exactly with diffusers' converter."""
     state = {key_to_wan(name): tensor.contiguous() for name, tensor in module.state_dict().items()}
     round_trip = diffusers_key_map(converter, {key: tensor.shape for key, tensor in state.items()})
@@ -126,9 +126,9 @@ def write_tiny_models(models_dir) -> dict[str, Path]:
     tokenizer_bytes = tiny_tokenizer_model()
     vocab_size = sentencepiece.SentencePieceProcessor(model_proto=tokenizer_bytes).get_piece_size()
     states = {
-        "i2v": _comfy_state(tiny_transformer(True), transformer_key_to_wan, convert_wan_transformer_to_diffusers),
-        "t2v": _comfy_state(tiny_transformer(False), transformer_key_to_wan, convert_wan_transformer_to_diffusers),
-        "vae": _comfy_state(tiny_vae(), vae_key_to_wan, convert_wan_vae_to_diffusers),
+        "i2v": comfy_state(tiny_transformer(True), transformer_key_to_wan, convert_wan_transformer_to_diffusers),
+        "t2v": comfy_state(tiny_transformer(False), transformer_key_to_wan, convert_wan_transformer_to_diffusers),
+        "vae": comfy_state(tiny_vae(), vae_key_to_wan, convert_wan_vae_to_diffusers),
         "text_encoder": {k: v for k, v in tiny_text_encoder(vocab_size).state_dict().items() if "embed_tokens" not in k}
         | {TOKENIZER_TENSOR: torch.from_numpy(np.frombuffer(tokenizer_bytes, dtype=np.uint8).copy())},
         "clip_vision": {"vision_model." + k.removeprefix("vision_model."): v.contiguous()

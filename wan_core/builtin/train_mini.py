@@ -43,12 +43,13 @@ from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
 from ..errors import WanInputError
-from ..files.loading import TOKENIZER_TENSOR, WAN_HEAD_DIM, WanModels, load_clip_vision, load_text_encoder, load_vae
+from ..files.loading import TOKENIZER_TENSOR, WAN_HEAD_DIM, load_clip_vision, load_text_encoder, load_vae
 from ..files.wan_names import transformer_key_to_wan
 from ..sampling import conditioning
 from ..sampling.params import WAN_NEGATIVE_PROMPT
 from ..sampling.schedule import default_flow_shift, shift_sigma
-from ..tiny import TOKENIZER_CORPUS, _comfy_state, vae_key_to_wan
+from ..sampling.models import WanModels
+from ..tiny import TOKENIZER_CORPUS, comfy_state, vae_key_to_wan
 from . import mini_data as data
 from .mini import MINI_FILES, MINI_LORA
 
@@ -493,11 +494,11 @@ def save_encoders(out: Path, encoder: UMT5EncoderModel, tokenizer_bytes: bytes, 
 
 def save_vae(out: Path, vae: AutoencoderKLWan):
     # float32: the VAE is small and its first-frame reconstruction is what the PSNR target measures
-    _save(_comfy_state(vae, vae_key_to_wan, convert_wan_vae_to_diffusers), out / Path(*MINI_FILES["vae"]), torch.float32)
+    _save(comfy_state(vae, vae_key_to_wan, convert_wan_vae_to_diffusers), out / Path(*MINI_FILES["vae"]), torch.float32)
 
 
 def save_transformer(out: Path, model: WanTransformer3DModel):
-    _save(_comfy_state(model, transformer_key_to_wan, convert_wan_transformer_to_diffusers),
+    _save(comfy_state(model, transformer_key_to_wan, convert_wan_transformer_to_diffusers),
           out / Path(*MINI_FILES["i2v"]))
 
 

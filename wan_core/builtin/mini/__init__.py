@@ -38,8 +38,8 @@ def mini_model_paths(folder=None) -> dict[str, Path]:
 
 
 def load_mini(dtype=torch.float32, device="cpu", folder=None, **options):
-    """The mini model as a WanModels, in one call (options go to files.loading.load_models)."""
-    from ...files.loading import load_models
+    """The mini model as a WanModels, in one call (options go to sampling.models.load_models)."""
+    from ...sampling.models import load_models
 
     paths = mini_model_paths(folder)
     return load_models(paths["i2v"], paths["vae"], paths["text_encoder"], paths["clip_vision"], dtype, device,
