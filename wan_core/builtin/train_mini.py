@@ -22,7 +22,6 @@ Deterministic for a seed on one machine with the same thread count (CPU only).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math

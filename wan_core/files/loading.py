@@ -17,9 +17,8 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-from .checkpoint import Checkpoint, SafetensorsFile, TensorPart, file_identity, open_checkpoint, source_key
+from .checkpoint import Checkpoint, TensorPart, file_identity, open_checkpoint, source_key
 from .clip_names import is_open_clip, open_clip_vision_names
-from ..errors import WanInputError
 from .t5_names import is_wan_t5, wan_t5_names
 from .wan_names import diffusers_key_map
 from ..adapters import keep_in_fp32_modules
