@@ -11,7 +11,6 @@ import subprocess
 import sys
 import socket
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -511,15 +510,29 @@ def test_a_missing_repo_with_the_hub_down_fails_at_once(tmp_path, hub_cache, mon
             assert len(hub.log) == 1, hub.log
 
 
-def test_an_unreachable_hub_fails_within_seconds(tmp_path, hub_cache, monkeypatch):
-    with socket.socket() as probe:  # a port with nothing listening: connections are refused
-        probe.bind(("127.0.0.1", 0))
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{probe.getsockname()[1]}")
-    started = time.monotonic()
-    for text in ("owner/gone", "owner/gone/style.safetensors"):
-        with pytest.raises(WanInputError, match="the hub cannot be reached"):
-            resolve_lora_file(LoraEntry.from_text(text))
-    assert time.monotonic() - started < 10  # huggingface_hub's retries would take about 25 s per source
+def test_a_hub_that_drops_connections_is_asked_once_per_source(tmp_path, hub_cache, monkeypatch):
+    """A host that accepts and at once closes every connection (a broken network path): each source tries it once
+    and fails with our message, where huggingface_hub's own retries would try it again and again for about 25 s."""
+    accepted = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def drop_connections():
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except OSError:  # the listener closed: the test is over
+                    return
+                accepted.append(connection)
+                connection.close()
+
+        threading.Thread(target=drop_connections, daemon=True).start()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
+        for text in ("owner/gone", "owner/gone/style.safetensors"):
+            with pytest.raises(WanInputError, match="the hub cannot be reached"):
+                resolve_lora_file(LoraEntry.from_text(text))
+    assert len(accepted) == 2, f"{len(accepted)} connections for 2 sources: the hub client retried"
 
 
 def test_a_missing_relative_path_is_no_such_file_not_a_hub_repo(tmp_path, monkeypatch):

