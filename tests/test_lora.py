@@ -141,7 +141,7 @@ def test_every_format_patches_by_the_formula_and_unpatches_bit_exact(i2v, tmp_pa
     report = set_lora_stack(i2v, (LoraEntry(path, 0.7),))
     assert_weights(i2v, formula(base, [(pairs, 0.7)]))
     (result,) = report.loras
-    assert result.unmatched_keys == 0 and result.skipped_image_keys == 0
+    assert result.unmatched_keys == 0 and result.skipped_other_model_keys == 0
     assert result.applied_keys == len(safe_open(path, "pt").keys())
     assert report.patched_weights == len(MODULES)
     set_lora_stack(i2v, None)
@@ -290,7 +290,7 @@ def test_an_i2v_lora_on_the_t2v_model_skips_image_keys_and_says_so(t2v, tmp_path
     with caplog.at_level(logging.WARNING, logger="wanflow"):
         report = set_lora_stack(t2v, (LoraEntry(str(path)),))
     (result,) = report.loras
-    assert image_keys and result.skipped_image_keys == len(image_keys)
+    assert image_keys and result.skipped_other_model_keys == len(image_keys)
     assert result.applied_keys == other_keys and result.unmatched_keys == 0
     assert "image-to-video" in caplog.text and "skipped" in report.summary()
 
@@ -709,7 +709,7 @@ def test_distill_loras_apply_with_zero_unmatched_keys_as_diffusers_and_the_formu
     with safe_open(str(path), "pt") as file:
         state = {key.removeprefix("diffusion_model."): file.get_tensor(key) for key in file.keys()}
 
-    assert report.loras[0].unmatched_keys == 0 and report.loras[0].skipped_image_keys == 0
+    assert report.loras[0].unmatched_keys == 0 and report.loras[0].skipped_other_model_keys == 0
     assert report.loras[0].applied_keys == len(state)
     expected = {name: tensor.double() for name, tensor in base.items()}
     read_by_diffusers = {name for name in base if not torch.equal(reference[name], base[name])}
@@ -731,4 +731,28 @@ def test_a_bias_delta_for_a_norm_without_bias_is_a_clear_error(i2v, tmp_path):
     base = weights(i2v)
     with pytest.raises(WanInputError, match=r"blocks\.0\.attn1\.norm_q.*bias.*absent.*RMSNorm"):
         set_lora_stack(i2v, (LoraEntry(str(path)),))
+    assert_bit_exact(i2v, base)
+
+
+def test_a_text_to_video_distill_lora_on_the_image_to_video_model_skips_only_its_input_layer(i2v, tmp_path, caplog):
+    """CausVid's published LoRA is made for T2V 14B; people run it on I2V 14B, where ComfyUI skips the one delta that
+    cannot fit (the patch embedding: 16 input channels against 36) and applies the rest."""
+    from wan_core.tiny import write_tiny_distill_lora
+
+    path = write_tiny_distill_lora(tmp_path / "causvid_t2v.safetensors", "t2v", "causvid")
+    base = weights(i2v)
+    report = set_lora_stack(i2v, (LoraEntry(str(path)),))
+    with safe_open(str(path), "pt") as file:
+        state = {key.removeprefix("diffusion_model."): file.get_tensor(key) for key in file.keys()}
+    try:
+        (result,) = report.loras
+        assert result.unmatched_keys == 0 and result.skipped_other_model_keys == 1
+        assert result.applied_keys == len(state) - 1
+        assert any("input-layer delta" in warning and "patch_embedding.diff" in warning for warning in report.warnings)
+        assert torch.equal(weights(i2v)["patch_embedding.weight"], base["patch_embedding.weight"])
+        up, down = state["blocks.0.self_attn.q.lora_up.weight"], state["blocks.0.self_attn.q.lora_down.weight"]
+        expected = base["blocks.0.attn1.to_q.weight"].double() + up.double() @ down.double()
+        assert torch.allclose(weights(i2v)["blocks.0.attn1.to_q.weight"].double(), expected, atol=1e-6)
+    finally:
+        set_lora_stack(i2v, None)
     assert_bit_exact(i2v, base)

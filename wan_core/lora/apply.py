@@ -49,14 +49,14 @@ class LoraResult:
     applied_keys: int
     unmatched_keys: int
     unmatched_examples: list[str]
-    skipped_image_keys: int
+    skipped_other_model_keys: int  # ParsedLora.other_model
 
     def line(self) -> str:
         text = f"{self.source} x{self.scale:g}: {self.applied_keys} keys applied"
         if self.unmatched_keys:
             text += f", {self.unmatched_keys} unmatched (e.g. {', '.join(self.unmatched_examples)})"
-        if self.skipped_image_keys:
-            text += f", {self.skipped_image_keys} image-to-video keys skipped"
+        if self.skipped_other_model_keys:
+            text += f", {self.skipped_other_model_keys} keys for the other model kind (I2V / T2V) skipped"
         return text
 
 
@@ -172,17 +172,24 @@ def _report(parsed: list[ParsedLora], entries: tuple[LoraEntry, ...]) -> LoraRep
     for lora, entry in zip(parsed, entries):
         examples = lora.unmatched[:EXAMPLES]
         report.loras.append(LoraResult(lora.label, entry.scale, lora.applied_keys, len(lora.unmatched), examples,
-                                       len(lora.image_only)))
+                                       len(lora.other_model)))
         if lora.unmatched:
             report.warnings.append(f"LoRA {lora.label!r}: {len(lora.unmatched)} keys match no layer of this model "
                                    f"and were not applied, e.g. {examples}")
-        if lora.image_only:
-            report.warnings.append(f"LoRA {lora.label!r} was made for the image-to-video model: its "
-                                   f"{len(lora.image_only)} image-conditioning keys (k_img, v_img, img_emb) were "
-                                   "skipped on this text-to-video model")
+        if lora.other_model:
+            report.warnings.append(_other_model_warning(lora))
     for warning in report.warnings:
         log.warning(warning)
     return report
+
+
+def _other_model_warning(lora: ParsedLora) -> str:
+    keys = f"{len(lora.other_model)} keys, e.g. {lora.other_model[:EXAMPLES]}"
+    if "patch_embedding" in lora.other_model[0]:
+        return (f"LoRA {lora.label!r} was made for the text-to-video model: its input-layer delta ({keys}) takes 16 "
+                "channels where this image-to-video model takes 36, and was skipped; the rest applies")
+    return (f"LoRA {lora.label!r} was made for the image-to-video model: its image-conditioning keys (k_img, v_img, "
+            f"img_emb; {keys}) were skipped on this text-to-video model")
 
 
 def _contributions(parsed: list[ParsedLora], entries) -> dict[str, list[tuple[float, ModuleDelta, str]]]:

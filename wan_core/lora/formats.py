@@ -45,6 +45,7 @@ DELTA_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>alpha|diff|diff_b|diff_m)$")
 MODULATION = "scale_shift_table"  # diffusers' name of Wan's AdaLN `modulation` parameter (blocks and head)
 PART_NAMES = {"lora_A": "down", "lora_down": "down", "lora_B": "up", "lora_up": "up"}
 # Modules only the image-to-video model has: cross-attention to the CLIP image tokens and the image projection.
+LATENT_CHANNELS = 16  # a text-to-video model's input channels; image-to-video adds a mask and a frame: 36
 IMAGE_ONLY = re.compile(r"(^|[._])(k_img|v_img|norm_k_img|img_emb|add_k_proj|add_v_proj|norm_added_k|image_embedder)"
                         r"([._]|$)")
 PEFT_METADATA = "lora_adapter_metadata"  # what diffusers' save_lora_weights writes: the LoraConfig as JSON
@@ -91,7 +92,10 @@ class ParsedLora:
     label: str
     modules: dict[str, ModuleDelta]  # diffusers module name -> its change
     unmatched: list[str]  # file keys that match no module of this model, or are not LoRA parts
-    image_only: list[str]  # file keys for image-to-video modules, skipped on a text-to-video model
+    # keys for the other kind of Wan 2.1 model, skipped as ComfyUI skips them: image-conditioning keys on a
+    # text-to-video model; on an image-to-video model, a delta of the text-to-video input layer (16 channels, where
+    # image-to-video's takes 36), as in CausVid's T2V LoRA, which people run on I2V models
+    other_model: list[str]
 
     @property
     def applied_keys(self) -> int:
@@ -117,7 +121,7 @@ def parse_lora(state: dict[str, torch.Tensor], metadata: dict[str, str] | None, 
                module_names: dict[str, str], image_model: bool) -> ParsedLora:
     """Group the file's keys per model module; raise if nothing in it is a LoRA key at all."""
     modules: dict[str, ModuleDelta] = {}
-    unmatched, image_only, lora_keys = [], [], 0
+    unmatched, other_model, lora_keys = [], [], 0
     for key, tensor in state.items():
         match = LOW_RANK_KEY.match(key) or DELTA_KEY.match(key)
         if match is None:
@@ -126,7 +130,10 @@ def parse_lora(state: dict[str, torch.Tensor], metadata: dict[str, str] | None, 
         lora_keys += 1
         module = module_names.get(_strip_prefix(match["module"]))
         if module is None:
-            (image_only if not image_model and IMAGE_ONLY.search(match["module"]) else unmatched).append(key)
+            (other_model if not image_model and IMAGE_ONLY.search(match["module"]) else unmatched).append(key)
+            continue
+        if image_model and module == "patch_embedding" and tensor.ndim == 5 and tensor.shape[1] == LATENT_CHANNELS:
+            other_model.append(key)
             continue
         if not _add_part(modules.setdefault(module, ModuleDelta()), match, key, tensor):
             unmatched.append(key)
@@ -136,10 +143,10 @@ def parse_lora(state: dict[str, torch.Tensor], metadata: dict[str, str] | None, 
     _apply_peft_alpha(modules, metadata)
     for name in [name for name, delta in modules.items() if not delta.changes_anything]:
         unmatched.extend(modules.pop(name).keys)  # half a pair, or an alpha alone: nothing to apply
-    if not modules and not image_only:
+    if not modules and not other_model:
         raise WanInputError(f"LoRA {label!r} matches no layer of this Wan 2.1 model (made for another model?): "
                             f"its keys look like {unmatched[:EXAMPLES]}")
-    return ParsedLora(label, modules, unmatched, image_only)
+    return ParsedLora(label, modules, unmatched, other_model)
 
 
 def _strip_prefix(module: str) -> str:
