@@ -102,3 +102,29 @@ def test_phase_correlation_measures_a_known_shift():
     picture = data.procedural_picture(HELD_OUT_SEED)[:96, :160]
     moved = np.roll(picture, 5, axis=1)
     assert phase_shift(picture, moved)[1] == pytest.approx(5, abs=0.3)
+
+
+def test_fast_mode_on_the_mini_model_skips_at_least_40_percent_and_keeps_the_frames_close(mini_i2v):
+    """Issue 16's check on trained weights: 30 steps with guidance, fast mode against the full run with the same seed.
+    The first fast run of this schedule calibrates MagCache for the mini model and skips nothing."""
+    from wan_core.builtin.mini_quality import psnr
+    from wan_core.sampling import conditioning
+    from wan_core.sampling.params import SamplingParams
+    from wan_core.sampling.pipeline import generate_i2v
+    from wan_core.video_io import read_image
+
+    image = read_image(EXAMPLE)
+    params = SamplingParams(prompt="the camera pans slowly to the left", width=160, height=96, num_frames=21,
+                            steps=30, seed=1)
+
+    def frames(fast_mode: bool):
+        with mini_i2v.configured(fast_mode=fast_mode):
+            latents = generate_i2v(mini_i2v, image, params).latents
+        return conditioning.decode_latents(mini_i2v, latents).numpy(), mini_i2v.passes
+
+    full, full_passes = frames(False)
+    frames(True)  # calibration
+    fast, fast_passes = frames(True)
+    assert full_passes.passes == fast_passes.passes == 60 and full_passes.skipped == 0
+    assert fast_passes.skipped >= 0.4 * fast_passes.passes, fast_passes.line()
+    assert psnr(fast, full) >= 25.0
