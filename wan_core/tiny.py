@@ -30,6 +30,7 @@ TINY_FILES = {
     "clip_vision": ("clip_vision", "clip_vision_tiny.safetensors"),
 }
 TINY_LLM_FOLDER = "LLM/wan_tiny_prompt_llm"  # a tiny random Qwen2 chat model for prompt extension
+TINY_VLM_FOLDER = "LLM/wan_tiny_prompt_vlm"  # a tiny random Qwen2.5-VL, for prompt extension that sees the picture
 TINY_LORA_FILES = {"i2v": "loras/wan21_tiny_i2v_lora.safetensors", "t2v": "loras/wan21_tiny_t2v_lora.safetensors"}
 # Text the tiny tokenizer learns its pieces from: prompt words in English and Chinese, like Wan's own prompts.
 TOKENIZER_CORPUS = """a cat walks on the grass in the sun, the camera pans slowly to the left
@@ -182,16 +183,24 @@ def write_tiny_lora(path, model: str = "i2v", rank: int = 4, seed: int = 0) -> P
 
 # ---- a tiny prompt-extension LLM ------------------------------------------------------------------------------
 
-# ChatML, the format of Qwen2.5's chat template: the messages in turn, then the assistant's turn opened
+# ChatML, the format of Qwen2.5's chat template: the messages in turn, then the assistant's turn opened. A message's
+# content is a string, or (for a vision-language model) a list of text and image parts, each image written as
+# Qwen2.5-VL's placeholder, which its processor widens to one <|image_pad|> per image token.
 CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
-    "'\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 LLM_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen2.5-VL's picture tokens; its processor looks up the video one too, though only pictures are shown here
+VISION_SPECIAL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 
-def tiny_llm_tokenizer():
-    """A byte-level BPE tokenizer with Qwen's chat tokens, trained on the tiny corpus and the system prompt."""
+def tiny_llm_tokenizer(extra_special_tokens=()):
+    """A byte-level BPE tokenizer with Qwen's chat tokens (and extra_special_tokens), trained on the tiny corpus and
+    the system prompt."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -200,35 +209,77 @@ def tiny_llm_tokenizer():
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=LLM_SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[*LLM_SPECIAL_TOKENS, *extra_special_tokens],
+                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator([*TOKENIZER_CORPUS.splitlines(), *SYSTEM_PROMPT.splitlines()], trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    chat_template=CHATML_TEMPLATE)
 
 
-def write_tiny_llm(folder) -> Path:
-    """A tiny random Qwen2 chat model (the architecture of Qwen2.5-Instruct) with its tokenizer, as a folder like
-    one a user downloads into models/LLM; its answers are random words, for testing the whole path."""
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+def _save_chat_model(folder, model, tokenizer) -> Path:
+    """Save a tiny chat model with its tokenizer as a folder like one a user downloads into models/LLM."""
+    from transformers import GenerationConfig
 
     folder = Path(folder)
-    tokenizer = tiny_llm_tokenizer()
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=True)
-    model = _seeded(lambda: Qwen2ForCausalLM(config), offset=6)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
+def write_tiny_llm(folder) -> Path:
+    """A tiny random Qwen2 chat model (the architecture of Qwen2.5-Instruct) with its tokenizer; its answers are
+    random words, for testing the whole path."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = tiny_llm_tokenizer()
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=True)
+    return _save_chat_model(folder, _seeded(lambda: Qwen2ForCausalLM(config), offset=6), tokenizer)
+
+
 def tiny_llm_path(cache_dir=None) -> Path:
     """The tiny prompt-extension model, written once into the tiny model cache."""
     folder = Path(cache_dir or wanflow_cache_dir()) / "tiny" / TINY_LLM_FOLDER
     return folder if (folder / "config.json").is_file() else write_tiny_llm(folder)
+
+
+def write_tiny_vlm(folder) -> Path:
+    """A tiny random Qwen2.5-VL (the architecture of Qwen2.5-VL-Instruct) with its processor's files: the tokenizer
+    with the picture tokens, the chat template, and an image processor that shows it pictures of at most 112x112
+    pixels (64 patches of 14x14, 16 image tokens). Its answers are random words, for testing the whole path."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    tokenizer = tiny_llm_tokenizer(VISION_SPECIAL_TOKENS)
+    token_ids = dict(zip(("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"),
+                         tokenizer.convert_tokens_to_ids(VISION_SPECIAL_TOKENS)))
+    # Weights drawn ten times wider than the default 0.02: at that scale every next token is about as likely as any
+    # other, and the seed alone would pick the words whatever the picture; this way the answer follows what it is shown
+    init = 0.2
+    # mrope_section splits each attention head's 8 rotary frequencies between time, height and width
+    text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=None,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, initializer_range=init,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]})
+    # Window attention (56-pixel windows: 2x2 merged patches) in the first block, full attention in the second, the
+    # two kinds the real one mixes
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1], out_hidden_size=64,
+                  initializer_range=init)
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **token_ids)
+    folder = _save_chat_model(folder, _seeded(lambda: Qwen2_5_VLForConditionalGeneration(config), offset=7), tokenizer)
+    # The PIL image processor saves without torchvision; the processor built from these files needs it to load
+    Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=28 * 28,
+                             max_pixels=112 * 112).save_pretrained(folder)
+    return folder
+
+
+def tiny_vlm_path(cache_dir=None) -> Path:
+    """The tiny vision-language prompt-extension model, written once into the tiny model cache."""
+    folder = Path(cache_dir or wanflow_cache_dir()) / "tiny" / TINY_VLM_FOLDER
+    return folder if (folder / "preprocessor_config.json").is_file() else write_tiny_vlm(folder)
 
 
 # ---- tiny distill LoRAs in lightx2v's and CausVid's layouts --------------------------------------------------------

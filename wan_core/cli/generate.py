@@ -39,9 +39,11 @@ def _add_common(parser: argparse.ArgumentParser):
     parser.add_argument("--negative-prompt", help="default: Wan 2.1's official negative prompt")
     parser.add_argument("--prompt-extend", action="store_true",
                         help="rewrite the prompt into a detailed one with a local instruct model (printed) before "
-                             "sampling; the model comes from --prompt-extend-model, else MODELS_DIR/LLM/")
+                             "sampling; the model comes from --prompt-extend-model, else MODELS_DIR/LLM/; a "
+                             "vision-language model is also shown the picture (v2v: the first source frame)")
     parser.add_argument("--prompt-extend-model", metavar="PATH",
-                        help="a transformers chat model folder (e.g. Qwen2.5-1.5B-Instruct), or a folder of them")
+                        help="a transformers chat model folder (e.g. Qwen2.5-1.5B-Instruct, or Qwen2.5-VL-3B-Instruct "
+                             "to see the picture), or a folder of them")
     parser.add_argument("--size", default=SIZE_AUTO,
                         help="auto (default): the input's aspect ratio at --resolution's pixel area, the picture "
                              "resized whole; or W*H, multiples of 16 from 64 to 1920, the picture scaled and cropped")
@@ -122,8 +124,9 @@ def add_parsers(subparsers):
     v2v.add_argument("--strength", type=float, default=0.9, help="0.1-1.0: how much of the source is re-imagined")
     _add_common(v2v)
     v2v.set_defaults(run=run_v2v)
-    tiny = subparsers.add_parser("tiny-models", help="write the tiny model files, LoRAs and prompt-extension LLM "
-                                                     "into a ComfyUI models folder")
+    tiny = subparsers.add_parser("tiny-models", help="write the tiny model files, LoRAs and prompt-extension models "
+                                                     "(a chat LLM and a vision-language one) into a ComfyUI models "
+                                                     "folder")
     tiny.add_argument("--models-dir", required=True)
     tiny.set_defaults(run=run_tiny_models)
 
@@ -168,8 +171,10 @@ def _prompt_extend_model(args) -> Path | None:
     return find_llm(Path(args.model) / LLM_FOLDER)
 
 
-def _extended(args, params: SamplingParams, llm: Path | None) -> SamplingParams:
-    """params with the prompt rewritten by the local model (printed), seeded by the run's seed."""
+def _extended(params: SamplingParams, llm: Path | None, media: torch.Tensor) -> SamplingParams:
+    """params with the prompt rewritten by the local model (printed), seeded by the run's seed. A vision-language
+    model is shown the first frame of media: the picture for i2v; for v2v the first source frame, the one an I2V
+    model (as the mini one) conditions on and where the scene the prompt describes starts."""
     if llm is None:
         return params
     from dataclasses import replace
@@ -177,7 +182,7 @@ def _extended(args, params: SamplingParams, llm: Path | None) -> SamplingParams:
     from ..prompt_extend import PromptExtender
 
     extender = PromptExtender.load(llm)
-    prompt = extender.extend(params.prompt, params.seed)
+    prompt = extender.extend(params.prompt, params.seed, picture=media)
     del extender  # the language model leaves memory before Wan's models load
     print(f"extended prompt: {prompt}")
     return replace(params, prompt=prompt)
@@ -216,7 +221,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams, note: str
     started = time.perf_counter()
     device = parallel.start(plan, args.device)
     params.seed = parallel.shared_seed(plan, params.seed)
-    params = _extended(args, params, llm)
+    params = _extended(params, llm, media)
     models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, device,
                          weight_storage=args.weight_storage, tokenizer=files.tokenizer, offload=args.offload)
     models.parallel = parallel.ParallelRun(plan, device) if plan.world_size > 1 else None
@@ -263,11 +268,13 @@ def run_v2v(args) -> int:
 
 
 def run_tiny_models(args) -> int:
-    from ..tiny import TINY_LLM_FOLDER, TINY_LORA_FILES, write_tiny_llm, write_tiny_lora, write_tiny_models
+    from ..tiny import TINY_LLM_FOLDER, TINY_LORA_FILES, TINY_VLM_FOLDER, write_tiny_llm, write_tiny_lora, \
+        write_tiny_models, write_tiny_vlm
 
     paths = list(write_tiny_models(args.models_dir).values())
     paths += [write_tiny_lora(Path(args.models_dir) / name, model) for model, name in TINY_LORA_FILES.items()]
     paths.append(write_tiny_llm(Path(args.models_dir) / TINY_LLM_FOLDER))
+    paths.append(write_tiny_vlm(Path(args.models_dir) / TINY_VLM_FOLDER))
     for path in paths:
         print(path)
     return 0
