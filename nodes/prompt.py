@@ -1,4 +1,5 @@
-"""WanPromptExtend: a short prompt rewritten into a detailed one by a local instruct model from models/LLM."""
+"""WanPromptExtend: a short prompt rewritten into a detailed one by a local instruct model from models/LLM; a
+vision-language model is also shown the picture."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from comfy_api.v0_0_2 import io, ui
 
 from ..wan_core.errors import WanInputError
 from ..wan_core.prompt_extend import DEFAULT_MAX_NEW_TOKENS, LLM_FOLDER, MAX_NEW_TOKENS_RANGE, SUGGESTED_MODEL, \
-    missing_model_error, model_folders
+    SUGGESTED_VISION_MODEL, missing_model_error, model_folders
 from ..wan_core.sampling.params import SEED_RANGE
 from .comfy_bridge import CATEGORY
 
@@ -49,7 +50,8 @@ class WanPromptExtend(io.ComfyNode):
             display_name="Wan Prompt Extend",
             category=CATEGORY,
             description="Rewrites a short prompt into the detailed kind Wan 2.1 was trained on, with a local "
-                        f"instruct model from models/{LLM_FOLDER} (e.g. {SUGGESTED_MODEL}).",
+                        f"instruct model from models/{LLM_FOLDER} (e.g. {SUGGESTED_MODEL}, or "
+                        f"{SUGGESTED_VISION_MODEL}).",
             inputs=[
                 io.String.Input("prompt", multiline=True, default="", tooltip="The short idea to extend."),
                 io.Combo.Input("model", options=llm_choices(),
@@ -58,6 +60,9 @@ class WanPromptExtend(io.ComfyNode):
                              tooltip="The same prompt, model and seed give the same extended prompt."),
                 io.Int.Input("max_new_tokens", default=DEFAULT_MAX_NEW_TOKENS, min=MAX_NEW_TOKENS_RANGE[0],
                              max=MAX_NEW_TOKENS_RANGE[1], tooltip="Longest answer, in tokens (~0.75 words each)."),
+                io.Image.Input("image", optional=True,
+                               tooltip="The picture the video starts from (the first frame is used): a "
+                                       "vision-language model describes it; a text-only model ignores it."),
             ],
             outputs=[io.String.Output(display_name="prompt", tooltip="The extended prompt, for a sampler's prompt.")],
         )
@@ -71,7 +76,10 @@ class WanPromptExtend(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, prompt, model, seed, max_new_tokens) -> io.NodeOutput:
-        extended = _loaded(llm_path(model)).extend(prompt, seed, max_new_tokens)
+    def execute(cls, prompt, model, seed, max_new_tokens, image=None) -> io.NodeOutput:
+        extender = _loaded(llm_path(model))
+        if image is not None and not extender.sees_pictures:
+            logging.info("Wan Prompt Extend: %s is a text-only model, the image is ignored", model)
+        extended = extender.extend(prompt, seed, max_new_tokens, picture=image)
         logging.info("Wan Prompt Extend: %s", extended)
         return io.NodeOutput(extended, ui=ui.PreviewText(extended))  # shown on the node, as ComfyUI's Preview Any

@@ -99,7 +99,8 @@ def cached_nodes(entry: dict) -> list[str]:
 def test_prompt_extend_node_feeds_the_sampler_and_shows_its_prompt(comfy):
     """The tiny LLM that tiny-models wrote into models/LLM, registered as ComfyUI's LLM folder."""
     info = comfy.get("/object_info")["WanPromptExtend"]
-    assert info["input"]["required"]["model"][1]["options"] == ["wan_tiny_prompt_llm"]
+    assert info["input"]["required"]["model"][1]["options"] == ["wan_tiny_prompt_llm", "wan_tiny_prompt_vlm"]
+    assert info["input"]["optional"]["image"][0] == "IMAGE"
     workflow = tiny_workflow("wan21_i2v_480p")
     sampler = node_of(workflow, "WanI2VSampler")
     workflow["40"] = {"class_type": "WanPromptExtend", "inputs": {
@@ -113,6 +114,25 @@ def test_prompt_extend_node_feeds_the_sampler_and_shows_its_prompt(comfy):
     response = comfy.post_prompt(workflow)
     assert response.status_code == 400 and "'absent_llm' is not a model folder" in response.text
     assert "Qwen2.5-1.5B-Instruct" in response.text
+
+
+def test_prompt_extend_node_shows_the_picture_to_a_vision_language_model_only(comfy):
+    """The tiny Qwen2.5-VL that tiny-models wrote next to the LLM, given the workflow's LoadImage picture."""
+    workflow = tiny_workflow("wan21_i2v_480p")
+    sampler, picture = node_of(workflow, "WanI2VSampler"), node_of(workflow, "LoadImage")
+    node = {"prompt": "a valley", "model": "wan_tiny_prompt_vlm", "seed": 5, "max_new_tokens": 24}
+    workflow[sampler]["inputs"]["prompt"] = ["40", 0]
+    shown = {}
+    for case, inputs in {"vlm with image": node | {"image": [picture, 0]}, "vlm alone": node,
+                         "llm with image": node | {"model": "wan_tiny_prompt_llm", "image": [picture, 0]},
+                         "llm alone": node | {"model": "wan_tiny_prompt_llm"}}.items():
+        workflow["40"] = {"class_type": "WanPromptExtend", "inputs": inputs}
+        entry = comfy.run(workflow)
+        assert entry["status"]["status_str"] == "success", (case, entry["status"])
+        (shown[case],) = entry["outputs"]["40"]["text"]
+    assert shown["vlm with image"] != shown["vlm alone"]  # the picture changed what the model wrote
+    assert shown["llm with image"] == shown["llm alone"]  # a text-only model writes from the words alone, and says so
+    assert comfy.log().count("Wan Prompt Extend: wan_tiny_prompt_llm is a text-only model, the image is ignored") == 1
 
 
 def run_writes_the_video(comfy, name: str) -> dict:
