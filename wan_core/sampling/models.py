@@ -73,6 +73,7 @@ class WanModels:
     # an encoder from no file, encoded every time); prompt_cache None turns caching off
     text_encoder_identity: tuple | None = None
     offload: str = "none"  # as loaded (speed.OFFLOADS); "blocks": the transformer's blocks stream to `device`
+    resident_blocks: int = 0  # as loaded, with offload "blocks": the first blocks, which move with the stage instead
     prompt_cache: PromptCache | None = field(default_factory=lambda: SHARED_PROMPTS)
     lora: LoraPatches = field(default_factory=LoraPatches, init=False, repr=False)
     attention: str = field(default="auto", init=False)  # as loaded: diffusers' default
@@ -210,14 +211,15 @@ def model_offload(models: WanModels, names: tuple[str, ...]) -> None:
     decoding) that such a chain orders only once. Networks leave first, so the GPU holds one stage at a time.
     """
     networks = models.networks()
-    if models.offload == "blocks":  # its blocks move under group offloading's hooks; moving it whole undoes them
-        del networks["transformer"]
+    if models.offload == "blocks":  # group offloading's hooks move the rest of it; moving it whole undoes them
+        networks["transformer"] = speed.resident_part(models.transformer, models.resident_blocks)
     for name in sorted(networks, key=lambda name: name in names):
         networks[name].to(models.device if name in names else "cpu")
 
 
 def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torch.float32, device="cpu", *,
-                weight_storage: str | None = None, tokenizer=None, offload: str = "none") -> WanModels:
+                weight_storage: str | None = None, tokenizer=None, offload: str = "none",
+                resident_blocks: int = 0) -> WanModels:
     """Load the four components (clip_vision only matters for image-to-video models) and check they fit together.
 
     Each of them may be a file or a folder in any supported layout (see files/checkpoint.py). `dtype` is the
@@ -225,20 +227,21 @@ def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torc
     encoder's weights in float8_e4m3fn, upcast per layer. `tokenizer` is a tokenizer folder for text encoder files
     that carry none (see files/tokenizer.py for where else it looks). offload="model" keeps the networks on the
     CPU and moves each to `device` for its stage; offload="blocks" does so too, but streams the transformer's blocks
-    to `device` one at a time during sampling (speed.enable_block_swap). Speed settings and LoRAs are a run's:
-    WanModels.configured.
+    to `device` one at a time during sampling, all but the first `resident_blocks` (speed.enable_block_swap).
+    Speed settings and LoRAs are a run's: WanModels.configured.
     """
     check_weight_storage(weight_storage)
     speed.check_offload(offload, device)
+    speed.check_resident_blocks(resident_blocks, offload)  # and against the block count once the model is read
     home = "cpu" if offload != "none" else device  # where the networks wait between stages
     transformer, sources = load_transformer_with_sources(diffusion_model, dtype, weight_storage)
     transformer.to(home)
+    if offload == "blocks":  # before the other networks are read: a resident_blocks past its blocks stops here
+        speed.enable_block_swap(transformer, device, resident_blocks)
     encoder, tokenizer = load_text_encoder(text_encoder, dtype, tokenizer, weight_storage)
     models = WanModels(transformer, load_vae(vae, dtype).to(home), encoder.to(home), tokenizer,
                        device=torch.device(device), placement=model_offload if offload != "none" else None,
-                       offload=offload)
-    if offload == "blocks":
-        speed.enable_block_swap(transformer, device)
+                       offload=offload, resident_blocks=resident_blocks)
     models.lora.sources = sources  # LoRA removal reads base weights back from the file instead of keeping copies
     models.text_encoder_identity = file_identity([text_encoder])
     if clip_vision is not None and transformer.config.image_dim is not None:
