@@ -227,7 +227,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams, note: str
     params = _extended(args, params, llm)
     models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, device,
                          weight_storage=args.weight_storage, tokenizer=files.tokenizer, offload=args.offload,
-                         resident_blocks=args.resident_blocks)
+                         resident_blocks=args.resident_blocks, lazy_text_encoder=True)
     models.parallel = parallel.ParallelRun(plan, device) if plan.world_size > 1 else None
     if args.prompt_cache == "disk":
         models.prompt_cache = PromptCache(folder=disk_folder())
