@@ -84,25 +84,28 @@ class _Network(torch.nn.Module):
 
 
 class _Streamed(torch.nn.Module):
-    """A block-swapped transformer as ComfyUI's memory manager sees it (speed.enable_block_swap). Its weights wait
-    on the CPU and diffusers' group offloading hooks copy each block in for its turn, so ComfyUI must neither move
-    it (a full load is `.to(device)` on the module) nor count all of it: the transformer is held outside the module
-    tree (a plain attribute, not a registered submodule), and the ModelPatcher is given the size the hooks keep on
-    the GPU at most (ModelPatcher's public `size` argument, what model_size() then reports), so ComfyUI frees that
-    much before sampling and no more."""
+    """A block-swapped transformer as ComfyUI's memory manager sees it (speed.enable_block_swap). Its swapped blocks
+    wait on the CPU and diffusers' group offloading hooks copy each in for its turn, so ComfyUI must neither move
+    them (a full load is `.to(device)` on the module) nor count all of the transformer: the transformer is held
+    outside the module tree (a plain attribute, not a registered submodule), and the ModelPatcher is given the size
+    the hooks and the resident blocks keep on the GPU at most (ModelPatcher's public `size` argument, what
+    model_size() then reports), so ComfyUI frees that much before sampling and no more. The resident blocks are
+    its one registered submodule: ComfyUI's load and unload move them, as a stage's placement does elsewhere."""
 
-    def __init__(self, network: torch.nn.Module):
+    def __init__(self, network: torch.nn.Module, resident: torch.nn.Module):
         super().__init__()
         object.__setattr__(self, "network", network)  # bypasses nn.Module's registration on purpose
+        self.resident = resident
 
 
-def network_patcher(name: str, network: torch.nn.Module, block_swap: bool) -> comfy.model_patcher.ModelPatcher:
+def network_patcher(name: str, network: torch.nn.Module, block_swap: bool,
+                    resident_blocks: int = 0) -> comfy.model_patcher.ModelPatcher:
     devices = compute_device(), comfy.model_management.unet_offload_device()
     if name == "transformer" and block_swap:
-        from ..wan_core.sampling.speed import block_swap_resident_bytes
+        from ..wan_core.sampling.speed import block_swap_resident_bytes, resident_part
 
-        return comfy.model_patcher.ModelPatcher(_Streamed(network), *devices,
-                                                size=block_swap_resident_bytes(network))
+        return comfy.model_patcher.ModelPatcher(_Streamed(network, resident_part(network, resident_blocks)),
+                                                *devices, size=block_swap_resident_bytes(network, resident_blocks))
     return comfy.model_patcher.ModelPatcher(_Network(network), *devices)
 
 
@@ -112,7 +115,7 @@ class _Stages:
     short, as it does between its own CLIPLoader, CLIPVisionLoader, UNETLoader and VAELoader models."""
 
     def __init__(self, models):
-        self.patchers = {name: network_patcher(name, network, models.offload == "blocks")
+        self.patchers = {name: network_patcher(name, network, models.offload == "blocks", models.resident_blocks)
                          for name, network in models.networks().items()}
         self.changing = False  # True while a stage's own load makes room
 
@@ -161,21 +164,23 @@ def _release_when_unloaded(loaded: LoadedWan):
 
 
 def load_wan(files: tuple[Path, Path, Path, Path | None], dtype: torch.dtype, weight_storage: str,
-             offload: str = "none") -> LoadedWan:
-    """offload "blocks": the transformer's blocks stream to the GPU (speed.enable_block_swap; checked by the node)."""
+             offload: str = "none", resident_blocks: int = 0) -> LoadedWan:
+    """offload "blocks": the transformer's blocks stream to the GPU, all but the first `resident_blocks`
+    (speed.enable_block_swap; checked by the node)."""
     from ..wan_core.sampling.models import load_models
     from ..wan_core.sampling.speed import enable_block_swap
 
-    key = (*files, *(path.stat().st_mtime_ns for path in files if path), dtype, weight_storage, offload)
+    key = (*files, *(path.stat().st_mtime_ns for path in files if path), dtype, weight_storage, offload,
+           resident_blocks)
     loaded = _loaded.get(key)
     if loaded is None:
         kept_weights.clear()  # the kept weights go first, unless a graph still holds them: not two models at once
         started = time.perf_counter()
         models = load_models(*files, dtype=dtype, device=comfy.model_management.unet_offload_device(),
                              weight_storage=weight_storage)
-        if offload == "blocks":  # on the offload device now; the hooks copy each block to the GPU for its turn
-            enable_block_swap(models.transformer, compute_device())
-            models.offload = "blocks"
+        if offload == "blocks":  # on the offload device now; the hooks copy each swapped block to the GPU for its turn
+            enable_block_swap(models.transformer, compute_device(), resident_blocks)
+            models.offload, models.resident_blocks = "blocks", resident_blocks
         loaded = _loaded[key] = LoadedWan(models)
         log.info("WanFlow: loaded %s in %.1f s", files[0].name, time.perf_counter() - started)
     else:

@@ -8,7 +8,7 @@ from ..wan_core.errors import WanInputError, check_choice
 from ..wan_core.lora.stack import MAX_LORAS_PER_NODE, SCALE_RANGE, LoraEntry, extend_stack
 from ..wan_core.files.precision import WEIGHT_STORAGES
 from ..wan_core.sampling.params import DTYPES
-from ..wan_core.sampling.speed import ATTENTION_CHOICES, check_model_speed, check_offload
+from ..wan_core.sampling.speed import ATTENTION_CHOICES, check_model_speed, check_offload, check_resident_blocks
 from .comfy_bridge import CATEGORY, NONE, WanLorasType, WanModel, WanModelType, compute_device, compute_dtype, \
     folder_choices, folder_file, load_wan, missing_from_folders
 
@@ -57,29 +57,40 @@ class LoadWanModel(io.ComfyNode):
                                        "while the one before computes, so 14B runs on a 12-24 GB GPU (slower "
                                        "steps; not with fast mode's step cache). Needs a CUDA GPU. ComfyUI "
                                        "already moves each whole network to the GPU only for its stage."),
+                io.Int.Input("resident_blocks", default=0, min=0, optional=True,
+                             tooltip="With offload blocks: how many of the diffusion model's first blocks stay on "
+                                     "the GPU while it samples instead of streaming (0: all stream). 14B has 40 "
+                                     "blocks of about 0.75 GiB each in bf16, half that with fp8 weight storage; "
+                                     "each one kept saves its copy on every step, if the GPU has the room."),
             ],
             outputs=[WanModelType.Output(display_name="model")],
         )
 
     @classmethod
     def validate_inputs(cls, diffusion_model, vae, text_encoder, clip_vision, dtype, attention="auto", compile=False,
-                        offload="none"):
+                        offload="none", resident_blocks=0):
         missing = missing_from_folders(("diffusion_models", diffusion_model), ("vae", vae),
                                        ("text_encoders", text_encoder), ("clip_vision", clip_vision))
-        try:  # an attention kernel or offload this machine cannot run is said before anything loads
+        try:  # an attention kernel, offload or resident block count that cannot run is said before anything loads
             check_model_speed(attention, compile, compute_device(), compute_dtype(check_choice("dtype", dtype, ["auto", *DTYPES])))
-            check_offload(check_choice("offload", offload, OFFLOAD_CHOICES), compute_device())
+            check_resident_blocks(resident_blocks, check_choice("offload", offload, OFFLOAD_CHOICES))
+            if resident_blocks and missing is True:  # the model's block count, from its file's tensor shapes alone
+                from ..wan_core.files.loading import read_transformer_config
+
+                blocks = read_transformer_config(folder_file("diffusion_models", diffusion_model))["num_layers"]
+                check_resident_blocks(resident_blocks, offload, blocks)
+            check_offload(offload, compute_device())
         except WanInputError as error:
             return str(error) if missing is True else f"{missing}; {error}"
         return missing
 
     @classmethod
     def execute(cls, diffusion_model, vae, text_encoder, clip_vision, dtype, weight_storage, attention="auto",
-                compile=False, loras=None, offload="none"):
+                compile=False, loras=None, offload="none", resident_blocks=0):
         files = (folder_file("diffusion_models", diffusion_model), folder_file("vae", vae),
                  folder_file("text_encoders", text_encoder), folder_file("clip_vision", clip_vision))
         # the weights are shared by every graph that loads the same files; the speed settings go with this output
-        loaded = load_wan(files, compute_dtype(dtype), weight_storage, offload)
+        loaded = load_wan(files, compute_dtype(dtype), weight_storage, offload, resident_blocks)
         return io.NodeOutput(WanModel(loaded, tuple(loras or ()), attention, compile))
 
 

@@ -2,7 +2,7 @@
 LoadWanModel, sample with WanI2VSampler, and print as JSON what ComfyUI's memory manager then holds (the network
 each loaded model wraps, most recently loaded first), and what it holds after unloading everything as Free memory
 does. Then a rerun with a new seed and the same prompts (the prompts cached), and what ComfyUI is told about a
-block-swapped transformer (the pack's own patcher for it, loaded as a stage loads it).
+block-swapped transformer with one resident block (the pack's own patcher for it, loaded as a stage loads it).
 
 usage: comfy_loaded_models.py MODELS_DIR CUSTOM_NODES_DIR (holding this pack as wanflow/)
 """
@@ -54,10 +54,12 @@ after_rerun = held()
 from wanflow.wan_core.sampling.speed import block_swap_resident_bytes  # noqa: E402
 
 transformer = networks["transformer"]
-streamed = comfy_bridge.network_patcher("transformer", transformer, block_swap=True)
+streamed = comfy_bridge.network_patcher("transformer", transformer, block_swap=True, resident_blocks=1)
 comfy.model_management.load_models_gpu([streamed], force_full_load=True)
 block_swap = {"reported": streamed.model_size(), "loaded": streamed.loaded_size(),
-              "resident": block_swap_resident_bytes(transformer),
+              "resident": block_swap_resident_bytes(transformer, 1),
+              "moved_by_comfyui": [tensor.data_ptr() for tensor in streamed.model.parameters()],
+              "first_block": [tensor.data_ptr() for tensor in transformer.blocks[0].parameters()],
               "listed": any(loaded.model is streamed for loaded in comfy.model_management.current_loaded_models)}
 print(json.dumps({"after_sampling": after_sampling, "after_unload": after_unload, "kept": kept,
                   "after_rerun": after_rerun, "block_swap": block_swap}))

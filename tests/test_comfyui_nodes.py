@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from comfyui_server import PACK_ROOT, TINY, TINY_LORA, ComfyServer, comfyui_tree, load_json, run_in_comfyui
@@ -246,6 +247,22 @@ def test_an_attention_kernel_the_machine_lacks_fails_validation_naming_it(comfy)
     assert any("attention='flash' needs a CUDA GPU" in error["details"] for error in errors), errors
 
 
+@pytest.mark.parametrize("offload,resident_blocks,message", [
+    ("blocks", 3, "resident_blocks=3 is more than the diffusion model's 2 blocks: choose 0 to 2"),
+    ("none", 1, "resident_blocks=1 applies to offload='blocks' only, and offload is 'none'"),
+])
+def test_a_resident_block_count_the_model_cannot_take_fails_validation_naming_it(comfy, offload, resident_blocks,
+                                                                                 message):
+    """Checked before the offload's need for a GPU, so that this CPU machine reaches the count, which validation
+    reads from the diffusion model file's tensor shapes."""
+    workflow = tiny_workflow("wan21_i2v_480p")
+    workflow[node_of(workflow, "LoadWanModel")]["inputs"] |= {"offload": offload, "resident_blocks": resident_blocks}
+    response = comfy.post_prompt(workflow)
+    assert response.status_code == 400
+    errors = response.json()["node_errors"][node_of(workflow, "LoadWanModel")]["errors"]
+    assert any(message in error["details"] for error in errors), errors
+
+
 def test_a_model_file_not_in_the_folder_fails_validation_naming_it(comfy):
     workflow = tiny_workflow("wan21_i2v_480p")
     workflow[node_of(workflow, "LoadWanModel")]["inputs"]["diffusion_model"] = "wan2.1_missing.safetensors"
@@ -340,9 +357,11 @@ def test_each_network_is_its_own_model_in_comfyuis_memory_manager(tmp_path):
     assert held["after_unload"] == [] and held["kept"] == 0
     # the same prompts again (new seed, reloaded weights): cached, so the text encoder is never loaded
     assert "text_encoder" not in held["after_rerun"] and "transformer" in held["after_rerun"]
-    # block swap: ComfyUI counts what the hooks keep on the GPU (block_swap_resident_bytes), not the whole model
+    # block swap: ComfyUI counts what the hooks and the resident block keep on the GPU (block_swap_resident_bytes),
+    # not the whole model, and what it moves itself is the resident block alone
     swap = held["block_swap"]
     assert swap["listed"] and swap["reported"] == swap["loaded"] == swap["resident"]
+    assert swap["moved_by_comfyui"] == swap["first_block"]
 
 
 def test_remote_workflow_runs_against_the_provider_stand_in(comfy):

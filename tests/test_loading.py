@@ -80,6 +80,9 @@ def test_mismatched_text_encoder_is_named(tiny_paths, tmp_path):
     save_file(wide, str(path))
     with pytest.raises(WanInputError, match="text encoder width 96 does not match the diffusion model's text width 64"):
         load_models(tiny_paths["t2v"], tiny_paths["vae"], path)
+    lazy = load_models(tiny_paths["t2v"], tiny_paths["vae"], path, lazy_text_encoder=True)  # read on first use
+    with pytest.raises(WanInputError, match="text encoder width 96 does not match the diffusion model's text width 64"):
+        lazy.use("text_encoder")
 
 
 def test_loading_changes_nothing_on_disk(tiny_paths, tmp_path):

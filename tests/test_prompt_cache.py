@@ -2,15 +2,19 @@
 the video a run without the cache gives; the on-disk level survives the process, stays within its bound and
 clears."""
 
+import os
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from helpers import params, random_pictures
 
 from wan_core.cli.main import main as cli_main
-from wan_core.sampling import pipeline
+from wan_core.sampling import conditioning, pipeline
+from wan_core.sampling.models import load_models
 from wan_core.sampling.prompt_cache import PromptCache, disk_folder
-from wan_core.video_io import pil_to_frame
+from wan_core.video_io import pil_to_frame, read_video
 
 
 def run(**changes):
@@ -117,3 +121,40 @@ def test_an_unreadable_cached_prompt_is_encoded_again(tiny_i2v, tmp_path):
     with EncoderCalls(fresh) as counted:
         pipeline.encode_prompts(fresh, run(guidance_scale=1.0))
     assert counted.calls == 1
+
+
+def test_the_command_line_reads_no_text_encoder_when_every_prompt_is_cached(tiny_cache, tmp_path, monkeypatch,
+                                                                           capsys):
+    """The text encoder file (a copy) is overwritten with garbage of its size and its modification time put back,
+    so its identity, the cache key, is unchanged: a run whose prompts are cached on disk still works, and gives the
+    video a run that encoded them gives; a new prompt has to read the file, and fails."""
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))  # the prompt cache of these runs alone
+    encoder = tmp_path / "umt5_tiny.safetensors"
+    shutil.copyfile(tiny_cache / "tiny" / "text_encoders" / encoder.name, encoder)
+    image = Path(__file__).resolve().parents[1] / "examples" / "first_frame.png"
+
+    def cli(seed, out, prompt="a valley", cache="disk"):
+        return cli_main(["i2v", "--model", "tiny", "--text-encoder", str(encoder), "--image", str(image),
+                         "--prompt", prompt, "--negative-prompt", "blurry", "--size", "80*64", "--frames", "5",
+                         "--steps", "2", "--seed", str(seed), "--prompt-cache", cache, "--out", str(tmp_path / out)])
+
+    assert cli(2, "encoded.mp4", cache="memory") == 0  # encodes both prompts (a file new to every cache level)
+    assert cli(1, "first.mp4") == 0 and len(list(disk_folder().glob("*.safetensors"))) == 2
+    stat = encoder.stat()
+    encoder.write_bytes(b"\xff" * stat.st_size)
+    os.utime(encoder, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert cli(2, "cached.mp4") == 0
+    assert torch.equal(read_video(tmp_path / "cached.mp4")[0], read_video(tmp_path / "encoded.mp4")[0])
+    capsys.readouterr()
+    assert cli(2, "new_prompt.mp4", prompt="a lake") == 2
+    assert f"text encoder file {str(encoder)!r} is not a readable safetensors file" in capsys.readouterr().err
+    assert not (tmp_path / "new_prompt.mp4").exists()
+
+
+def test_fp8_storage_of_the_text_encoder_keys_its_own_prompts(tiny_paths, tiny_t2v):
+    """The key names the weight storage (the encoder need not be read to make it): fp8-stored weights give other
+    embeddings than the same file's weights in the compute dtype."""
+    fp8 = load_models(tiny_paths["t2v"], tiny_paths["vae"], tiny_paths["text_encoder"], weight_storage="fp8",
+                      lazy_text_encoder=True)
+    assert fp8.text_encoder is None
+    assert conditioning.prompt_key(fp8, "a valley") != conditioning.prompt_key(tiny_t2v, "a valley")

@@ -18,7 +18,8 @@ from ..sampling.params import CONTEXT_OVERLAP_DEFAULT, DTYPES, FLOW_SHIFT_AUTO, 
 from ..files.precision import WEIGHT_STORAGES
 from ..sampling import parallel
 from ..sampling.parallel import PARALLEL_CHOICES
-from ..sampling.speed import ATTENTION_CHOICES, OFFLOADS, check_block_swap, check_model_speed, check_offload
+from ..sampling.speed import ATTENTION_CHOICES, OFFLOADS, check_block_swap, check_model_speed, check_offload, \
+    check_resident_blocks
 from ..video_io import DEFAULT_FPS, check_output_path, read_image, read_video, resample_to_fps, write_video
 
 
@@ -98,6 +99,11 @@ def _add_common(parser: argparse.ArgumentParser):
                              "on a 24 GB GPU; blocks: the same, and the transformer's blocks stream to the GPU one "
                              "at a time while the one before computes, so 14B fp8 runs on a 12-16 GB GPU (not with "
                              "--step-cache); both need a CUDA device")
+    parser.add_argument("--resident-blocks", type=int, default=0, metavar="N",
+                        help="with --offload blocks: the transformer's first N blocks stay on the GPU while it "
+                             "samples and only the others stream (default 0: all stream; 14B has 40 blocks of "
+                             "about 0.75 GiB each in bf16, half that with fp8 weight storage); each one kept saves "
+                             "its copy on every step, if the GPU has the room")
     parser.add_argument("--prompt-cache", choices=("disk", "memory"), default="disk",
                         help="disk (default): prompt embeddings are kept under $WANFLOW_CACHE/prompts (at most "
                              "$WANFLOW_PROMPT_CACHE_MB, default 256), so a rerun with the same prompts never runs the "
@@ -207,6 +213,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams, note: str
     check_range("step_cache", args.step_cache, *STEP_CACHE_RANGE)
     check_step_caches(args.fast, args.step_cache)
     check_block_swap(args.offload, args.step_cache)
+    check_resident_blocks(args.resident_blocks, args.offload)
     loras = stack_from_options(args.lora)
     loras_dir = Path(args.model) / "loras" if args.model and args.model != "tiny" else None
     for entry in loras:  # a missing file or an unreachable URL fails here, before the models load
@@ -214,6 +221,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams, note: str
     files = resolve_model_files(args.model, task, args.diffusion_model, args.vae, args.text_encoder, args.clip_vision,
                                 tokenizer=args.tokenizer)
     config = read_transformer_config(files.diffusion_model)
+    check_resident_blocks(args.resident_blocks, args.offload, config["num_layers"])
     parallel.check_plan(plan, config["num_attention_heads"], parallel.pass_tokens(params, config["patch_size"]),
                         params.guidance_scale, args.attention)
     if note and plan.writes_output:
@@ -223,7 +231,8 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams, note: str
     params.seed = parallel.shared_seed(plan, params.seed)
     params = _extended(params, llm, media)
     models = load_models(files.diffusion_model, files.vae, files.text_encoder, files.clip_vision, dtype, device,
-                         weight_storage=args.weight_storage, tokenizer=files.tokenizer, offload=args.offload)
+                         weight_storage=args.weight_storage, tokenizer=files.tokenizer, offload=args.offload,
+                         resident_blocks=args.resident_blocks, lazy_text_encoder=True)
     models.parallel = parallel.ParallelRun(plan, device) if plan.world_size > 1 else None
     if args.prompt_cache == "disk":
         models.prompt_cache = PromptCache(folder=disk_folder())

@@ -26,13 +26,13 @@ def clean_prompt(text: str) -> str:
 
 
 def prompt_key(models: WanModels, prompt: str) -> tuple | None:
-    """What decides a prompt's embedding (prompt_cache.py): the text encoder's files, its weights' and the output's
-    dtypes, the device type, the text. None for a text encoder that came from no file (the key could not tell two
-    such encoders apart): its prompts are encoded every time."""
+    """What decides a prompt's embedding (prompt_cache.py): the text encoder's files and weight storage
+    (text_encoder_identity), the compute dtype, the device type, the text; all known without reading the encoder.
+    None for a text encoder that came from no file (the key could not tell two such encoders apart): its prompts are
+    encoded every time."""
     if models.text_encoder_identity is None or models.prompt_cache is None:
         return None
-    weight_dtypes = sorted({str(param.dtype) for param in models.text_encoder.parameters()})  # fp8 storage differs
-    return (models.text_encoder_identity, *weight_dtypes, str(models.dtype), models.device.type, prompt)
+    return (models.text_encoder_identity, str(models.dtype), models.device.type, prompt)
 
 
 def is_prompt_cached(models: WanModels, prompt: str) -> bool:

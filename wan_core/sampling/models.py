@@ -57,22 +57,28 @@ class WanModels:
     compute device (model_offload for --offload model, ComfyUI's memory manager in the nodes). Without one nothing
     moves: the networks stay where they were loaded. One WanModels per loaded transformer: its model state
     (`lora`, `attention`, `compiled`, `sequence_split`) describes that transformer. `parallel` is this process's
-    part in a multi-process run (parallel.py), None in a single process.
+    part in a multi-process run (parallel.py), None in a single process. text_encoder and tokenizer are None while
+    a text encoder to be read on demand (`read_text_encoder`) has not been needed.
     """
 
     transformer: WanTransformer3DModel
     vae: AutoencoderKLWan
-    text_encoder: UMT5EncoderModel
-    tokenizer: T5Tokenizer
+    text_encoder: UMT5EncoderModel | None
+    tokenizer: T5Tokenizer | None
     image_encoder: CLIPVisionModel | None = None
     image_processor: CLIPImageProcessorPil | None = None
     device: torch.device | None = None  # None: where the transformer's weights are when the bundle is made
     placement: Callable[[WanModels, tuple[str, ...]], None] | None = None
     parallel: ParallelRun | None = None
-    # the text encoder's files (file_identity), set at load: a prompt's embedding is then cached under it (None:
-    # an encoder from no file, encoded every time); prompt_cache None turns caching off
+    # what decides the text encoder's weights, set at load: its files (file_identity) and their weight storage. A
+    # prompt's embedding is cached under it (None: an encoder from no file, encoded every time); prompt_cache None
+    # turns caching off
     text_encoder_identity: tuple | None = None
+    # reads (text_encoder, tokenizer) where the other networks wait, when use("text_encoder") finds none: the
+    # command line's text encoder is read only for a prompt the cache misses (load_models' lazy_text_encoder)
+    read_text_encoder: Callable[[], tuple[UMT5EncoderModel, T5Tokenizer]] | None = None
     offload: str = "none"  # as loaded (speed.OFFLOADS); "blocks": the transformer's blocks stream to `device`
+    resident_blocks: int = 0  # as loaded, with offload "blocks": the first blocks, which move with the stage instead
     prompt_cache: PromptCache | None = field(default_factory=lambda: SHARED_PROMPTS)
     lora: LoraPatches = field(default_factory=LoraPatches, init=False, repr=False)
     attention: str = field(default="auto", init=False)  # as loaded: diffusers' default
@@ -110,6 +116,9 @@ class WanModels:
         unknown = [name for name in names if name not in NETWORKS]
         if unknown:
             raise ValueError(f"unknown network {unknown}: a stage uses some of {NETWORKS}")
+        if "text_encoder" in names and self.text_encoder is None:
+            self.text_encoder, self.tokenizer = self.read_text_encoder()
+            self.check_compatible()
         if self.placement is not None:
             self.placement(self, names)
 
@@ -184,7 +193,7 @@ class WanModels:
     def check_compatible(self):
         """Catch mixed-up files before any sampling: text width, VAE channels, a missing CLIP for I2V."""
         config = self.transformer.config
-        if self.text_encoder.config.d_model != config.text_dim:
+        if self.text_encoder is not None and self.text_encoder.config.d_model != config.text_dim:  # else when read
             raise WanInputError(
                 f"text encoder width {self.text_encoder.config.d_model} does not match the diffusion model's "
                 f"text width {config.text_dim}: use the UMT5 file made for this model"
@@ -210,14 +219,15 @@ def model_offload(models: WanModels, names: tuple[str, ...]) -> None:
     decoding) that such a chain orders only once. Networks leave first, so the GPU holds one stage at a time.
     """
     networks = models.networks()
-    if models.offload == "blocks":  # its blocks move under group offloading's hooks; moving it whole undoes them
-        del networks["transformer"]
+    if models.offload == "blocks":  # group offloading's hooks move the rest of it; moving it whole undoes them
+        networks["transformer"] = speed.resident_part(models.transformer, models.resident_blocks)
     for name in sorted(networks, key=lambda name: name in names):
         networks[name].to(models.device if name in names else "cpu")
 
 
 def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torch.float32, device="cpu", *,
-                weight_storage: str | None = None, tokenizer=None, offload: str = "none") -> WanModels:
+                weight_storage: str | None = None, tokenizer=None, offload: str = "none",
+                resident_blocks: int = 0, lazy_text_encoder: bool = False) -> WanModels:
     """Load the four components (clip_vision only matters for image-to-video models) and check they fit together.
 
     Each of them may be a file or a folder in any supported layout (see files/checkpoint.py). `dtype` is the
@@ -225,22 +235,31 @@ def load_models(diffusion_model, vae, text_encoder, clip_vision=None, dtype=torc
     encoder's weights in float8_e4m3fn, upcast per layer. `tokenizer` is a tokenizer folder for text encoder files
     that carry none (see files/tokenizer.py for where else it looks). offload="model" keeps the networks on the
     CPU and moves each to `device` for its stage; offload="blocks" does so too, but streams the transformer's blocks
-    to `device` one at a time during sampling (speed.enable_block_swap). Speed settings and LoRAs are a run's:
-    WanModels.configured.
+    to `device` one at a time during sampling, all but the first `resident_blocks` (speed.enable_block_swap).
+    lazy_text_encoder: the text encoder file is read only when a stage needs it, which a run whose prompts are all
+    in the prompt cache never does (the command line, whose process loads the models for one run; 11 GB of UMT5-XXL
+    in bf16 then never reach memory). Speed settings and LoRAs are a run's: WanModels.configured.
     """
-    check_weight_storage(weight_storage)
+    storage = check_weight_storage(weight_storage)
     speed.check_offload(offload, device)
+    speed.check_resident_blocks(resident_blocks, offload)  # and against the block count once the model is read
     home = "cpu" if offload != "none" else device  # where the networks wait between stages
     transformer, sources = load_transformer_with_sources(diffusion_model, dtype, weight_storage)
     transformer.to(home)
-    encoder, tokenizer = load_text_encoder(text_encoder, dtype, tokenizer, weight_storage)
-    models = WanModels(transformer, load_vae(vae, dtype).to(home), encoder.to(home), tokenizer,
+    if offload == "blocks":  # before the other networks are read: a resident_blocks past its blocks stops here
+        speed.enable_block_swap(transformer, device, resident_blocks)
+
+    def read_text_encoder():
+        encoder, text_tokenizer = load_text_encoder(text_encoder, dtype, tokenizer, weight_storage)
+        return encoder.to(home), text_tokenizer
+
+    encoder, text_tokenizer = (None, None) if lazy_text_encoder else read_text_encoder()
+    models = WanModels(transformer, load_vae(vae, dtype).to(home), encoder, text_tokenizer,
                        device=torch.device(device), placement=model_offload if offload != "none" else None,
-                       offload=offload)
-    if offload == "blocks":
-        speed.enable_block_swap(transformer, device)
+                       offload=offload, resident_blocks=resident_blocks,
+                       text_encoder_identity=(file_identity([text_encoder]), storage),
+                       read_text_encoder=read_text_encoder)
     models.lora.sources = sources  # LoRA removal reads base weights back from the file instead of keeping copies
-    models.text_encoder_identity = file_identity([text_encoder])
     if clip_vision is not None and transformer.config.image_dim is not None:
         models.image_encoder, models.image_processor = load_clip_vision(clip_vision, dtype)
         models.image_encoder.to(home)

@@ -2,13 +2,15 @@
 
 A run that changes only the seed, steps, LoRA stack, size or image asks for the same embeddings again, so they are
 kept, keyed by what decides them: the text encoder's files (path, size, modification time: files/checkpoint.
-file_identity), how its weights are stored and computed (dtypes, device type) and the text itself. Kept are the
-states of the prompt's real tokens only (the 512-token padding is zeros, added back on use), so an entry is a few
-hundred KB.
+file_identity), how its weights are stored and computed (weight storage, compute dtype, device type) and the text
+itself. Kept are the states of the prompt's real tokens only (the 512-token padding is zeros, added back on use),
+so an entry is a few hundred KB.
 
 Two levels. Memory: a process-wide LRU of MEMORY_ENTRIES entries (ComfyUI, Python callers). Disk (the command line,
 whose process ends after one run): one small safetensors file per prompt under $WANFLOW_CACHE/prompts, the least
-recently used removed beyond `max_bytes`, all of them removed by `python -m wan_core cache clear`.
+recently used removed beyond `max_bytes`, all of them removed by `python -m wan_core cache clear`. The key needs no
+loaded encoder, so a command line run whose prompts are all on disk never reads the text encoder's file
+(models.load_models' lazy_text_encoder).
 """
 
 from __future__ import annotations

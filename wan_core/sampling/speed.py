@@ -40,12 +40,15 @@ offload_type="block_level", one block per group, use_stream=True) keeps its bloc
 each to the GPU on a separate CUDA stream while the block before it computes, then drops it again; the layers
 outside the blocks (embedders, head) move at each transformer call. GPU memory for the transformer is then about
 two blocks plus those layers (block_swap_resident_bytes): 14B in bf16 (28 GB) or fp8 (14-16 GB) runs on a 12-16 GB
-card, at the price of one PCIe transfer of the weights per transformer pass. diffusers' streams move one block at a
-time (it sets num_blocks_per_group to 1 with use_stream), so no "blocks kept resident" count is offered. It stacks
-with fp8 storage (the layerwise casting hooks sit on the layers inside the blocks, and the fp8 weights are what
-moves), with LoRA stacks (patched in place into the CPU-side weights, which are what the hooks copy from), with
-every attention kernel, and with compiled blocks. The step cache (First Block Cache) is refused with it: see
-check_block_swap.
+card, at the price of one PCIe transfer of the weights per transformer pass. A GPU with room to spare keeps the
+first `resident_blocks` blocks resident instead: they carry no hooks and move with the transformer's stage
+(WanModels.use: onto the GPU for sampling, off it for the other stages), so each pass copies only the others. The
+first ones, because the transformer's call starts copying the first swapped block, which then overlaps with the
+resident blocks' compute. (diffusers' own knob for it, num_blocks_per_group, is forced to 1 with streams, and
+groups blocks rather than exempting any.) It stacks with fp8 storage (the layerwise casting hooks sit on the
+layers inside the blocks, and the fp8 weights are what moves), with LoRA stacks (patched in place into the
+CPU-side weights, which are what the hooks copy from), with every attention kernel, and with compiled blocks. The
+step cache (First Block Cache) is refused with it: see check_block_swap.
 """
 
 from __future__ import annotations
@@ -138,24 +141,57 @@ def check_block_swap(offload: str, step_cache: float) -> None:
                             "blocks the swap is streaming in order): set step_cache to 0, or offload to 'model'")
 
 
-def enable_block_swap(transformer: WanTransformer3DModel, device) -> None:
-    """Keep the transformer's blocks on the CPU and stream each to `device` for its turn (module docstring).
+def check_resident_blocks(resident_blocks: int, offload: str, num_blocks: int | None = None) -> None:
+    """resident_blocks: how many of the transformer's first blocks stay on the GPU under block swap, 0 (all
+    swapped) to its block count. num_blocks None: the model's count is not known yet; checked again once it is."""
+    if isinstance(resident_blocks, bool) or not isinstance(resident_blocks, int) or resident_blocks < 0:
+        raise WanInputError(f"resident_blocks={resident_blocks!r} is not allowed: choose a whole number from 0 "
+                            "(every block swapped) to the diffusion model's block count")
+    if resident_blocks and offload != "blocks":
+        raise WanInputError(f"resident_blocks={resident_blocks} applies to offload='blocks' only, and offload is "
+                            f"{offload!r}: set offload to 'blocks', or resident_blocks to 0")
+    if num_blocks is not None and resident_blocks > num_blocks:
+        raise WanInputError(f"resident_blocks={resident_blocks} is more than the diffusion model's {num_blocks} "
+                            f"blocks: choose 0 to {num_blocks}")
+
+
+def enable_block_swap(transformer: WanTransformer3DModel, device, resident_blocks: int = 0) -> None:
+    """Keep the transformer's blocks on the CPU and stream each to `device` for its turn, all but the first
+    `resident_blocks`, which get no hooks and move with the transformer's stage (module docstring).
 
     Streams need CUDA; elsewhere (the tests' CPU runs, with onload and offload device both the CPU) the same hooks
     move each group synchronously, which exercises everything but the overlap."""
+    check_resident_blocks(resident_blocks, "blocks", len(transformer.blocks))
     device = torch.device(device)
-    transformer.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"),
-                                     offload_type="block_level", num_blocks_per_group=1,
-                                     use_stream=device.type == "cuda")
+    blocks = transformer.blocks
+    # diffusers groups every block of the ModuleList it finds, so it is shown the swapped blocks alone while it
+    # places its hooks: on each of those blocks, and on the transformer, whose call (moving the layers outside the
+    # blocks, and with streams recording the order of the blocks' calls on the first pass, then prefetching the first
+    # swapped one) still wraps every block. The same block objects go back in their places after.
+    transformer.blocks = blocks[resident_blocks:]
+    try:
+        transformer.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"),
+                                         offload_type="block_level", num_blocks_per_group=1,
+                                         use_stream=device.type == "cuda")
+    finally:
+        transformer.blocks = blocks
 
 
-def block_swap_resident_bytes(transformer: WanTransformer3DModel) -> int:
-    """The transformer's GPU memory under block swap: the layers outside the blocks plus the blocks in flight."""
+def resident_part(transformer: WanTransformer3DModel, resident_blocks: int) -> torch.nn.Module:
+    """What of a block-swapped transformer moves with its stage: the resident blocks (the hooks move the rest)."""
+    return transformer.blocks[:resident_blocks]
+
+
+def block_swap_resident_bytes(transformer: WanTransformer3DModel, resident_blocks: int = 0) -> int:
+    """The transformer's GPU memory under block swap, at most: the layers outside the blocks, the resident blocks,
+    and the swapped blocks in flight."""
     def size(module):
         return sum(tensor.numel() * tensor.element_size() for tensor in [*module.parameters(), *module.buffers()])
 
     blocks = [size(block) for block in transformer.blocks]
-    return size(transformer) - sum(blocks) + BLOCKS_IN_FLIGHT * max(blocks)
+    swapped = blocks[resident_blocks:]
+    in_flight = min(BLOCKS_IN_FLIGHT, len(swapped)) * max(swapped, default=0)
+    return size(transformer) - sum(swapped) + in_flight
 
 
 @contextmanager
