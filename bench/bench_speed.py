@@ -12,10 +12,11 @@ Every configuration runs `--steps` steps (fp8 storage and then block swap last: 
 after fp8 storage streams the fp8 weights); the first step (kernel selection, compilation) is left out of the
 per-step median. Rows are ratios to diffusers' pipeline with its defaults (PyTorch SDPA). "blocks" is block swap
 (offload "blocks", speed.enable_block_swap): the transformer's weights go back to the CPU and each block streams
-to the GPU for its turn, so its peak GPU memory is the figure to compare with "auto"'s.
+to the GPU for its turn, so its peak GPU memory is the figure to compare with "auto"'s; "blocks=N" keeps the
+first N blocks resident (--resident-blocks N). One blocks configuration a process: the swap is not undone.
 
     python bench/bench_speed.py [--preset 14b|small] [--size 832*480] [--frames 81] [--steps 4]
-                                [--configs diffusers auto sdpa fp8 compile cache=0.1 fast 4step sage flash flash3 blocks]
+                                [--configs diffusers auto sdpa fp8 compile cache=0.1 fast 4step sage flash flash3 blocks|blocks=N]
 
 fast is fast mode (MagCache; the 14B shape takes the published I2V 480p/720p ratios, the small one is calibrated
 by its first run, which is then left out); 4step is the distill preset (4 steps, guidance 1, whatever --steps says).
@@ -48,7 +49,7 @@ from reference import reference_pipeline
 from wan_core.sampling import magcache, parallel, pipeline
 from wan_core.errors import WanInputError
 from wan_core.files.loading import WAN_HEAD_DIM
-from wan_core.sampling.models import load_models
+from wan_core.sampling.models import load_models, model_offload
 from wan_core.sampling.params import DTYPES, WAN_NEGATIVE_PROMPT, SamplingParams
 from wan_core.sampling.speed import enable_block_swap
 from wan_core.files.precision import FP8_STORAGE_DTYPE
@@ -108,10 +109,11 @@ def configure(models, config: str) -> dict:
     """This configuration's WanModels.configured settings (fp8 storage is switched on the shared transformer)."""
     if config == "fp8":
         models.transformer.enable_layerwise_casting(storage_dtype=FP8_STORAGE_DTYPE, compute_dtype=models.dtype)
-    if config == "blocks":  # as load_models(offload="blocks") leaves it: weights on the CPU, blocks streamed in
+    if config.split("=")[0] == "blocks":  # as load_models(offload="blocks", resident_blocks=N) leaves it
+        models.resident_blocks = int(config.split("=")[1]) if "=" in config else 0
         models.transformer.to("cpu")
-        enable_block_swap(models.transformer, models.device)
-        models.offload = "blocks"
+        enable_block_swap(models.transformer, models.device, models.resident_blocks)
+        models.offload, models.placement = "blocks", model_offload  # the resident blocks move with the stage
     return dict(attention=config if config in ("sdpa", "sage", "flash", "flash3", "xformers") else "auto",
                 compile=config == "compile", fast_mode=config == "fast",
                 step_cache=float(config.split("=")[1]) if config.startswith("cache=") else 0.0)
@@ -150,6 +152,8 @@ def main():
     parser.add_argument("--parallel", choices=parallel.PARALLEL_CHOICES, default="none",
                         help="under torchrun: split the wan_core configurations over the processes")
     args = parser.parse_args()
+    if sum(config.split("=")[0] == "blocks" for config in args.configs) > 1:
+        parser.error("one blocks configuration a process: block swap cannot be switched off again")
     args.width, args.height = map(int, args.size.split("*"))
     dtype = DTYPES[args.dtype]
     plan = parallel.plan_from_environment(args.parallel)
@@ -165,7 +169,7 @@ def main():
     models.source = None  # not the tiny file's transformer: fast mode keys a calibration by these weights instead
     # fp8 storage rounds the weights and diffusers cannot switch it off again: it runs last but block swap, whose
     # hooks stay on the transformer as well
-    configs = sorted(args.configs, key=lambda config: {"fp8": 1, "blocks": 2}.get(config, 0))
+    configs = sorted(args.configs, key=lambda config: {"fp8": 1, "blocks": 2}.get(config.split("=")[0], 0))
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8))
 
     results = {}
@@ -189,7 +193,7 @@ def main():
     print("| configuration | s/step | vs diffusers | first step (s) | total (s) | transformer passes | "
           "peak GPU memory (GiB) |\n|---|---|---|---|---|---|---|")
     for config, result in results.items():
-        config = "blocks (fp8 storage)" if config == "blocks" and "fp8" in results else config
+        config = f"{config} (fp8 storage)" if config.startswith("blocks") and "fp8" in results else config
         if "error" in result:
             print(f"| {config} | - | - | - | - | - | {result['error']} |")
             continue
