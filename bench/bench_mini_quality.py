@@ -25,8 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wan_core.builtin import mini_data as data  # noqa: E402
-from wan_core.builtin.mini import load_mini  # noqa: E402
-from wan_core.builtin.mini_quality import measure  # noqa: E402
+from wan_core.builtin.mini import load_mini, mini_model_paths  # noqa: E402
+from wan_core.builtin.mini_quality import measure, off_sepia  # noqa: E402
+from wan_core.lora.stack import LoraEntry  # noqa: E402
 from wan_core.sampling import conditioning  # noqa: E402
 from wan_core.sampling.params import SamplingParams  # noqa: E402
 from wan_core.sampling.pipeline import generate_i2v  # noqa: E402
@@ -56,6 +57,18 @@ def run_one(models, picture: torch.Tensor, prompt: str, frames: int, steps: int,
     return video, fitted
 
 
+def lora_effect(models, name: str, picture: torch.Tensor, args, lora) -> dict:
+    """The sepia LoRA at strength 1 against 0 on one picture: off_sepia of both videos and the share removed."""
+    prompt = data.HELD_OUT_PROMPTS["pan_left"][0]
+    off = {}
+    for strength in (0.0, 1.0):
+        with models.configured(loras=(LoraEntry.from_text(str(lora), strength),)):
+            off[strength] = off_sepia(run_one(models, picture, prompt, args.frames, args.steps, args.guidance)[0])
+    row = {"picture": name, "off_sepia_0": off[0.0], "off_sepia_1": off[1.0], "cut": 1 - off[1.0] / off[0.0]}
+    print(f"{name:24s} sepia LoRA: off-sepia {off[0.0]:.3f} -> {off[1.0]:.3f} ({row['cut']:.0%} removed)", flush=True)
+    return row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
@@ -68,6 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write every measure here")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (1 is faster on a loaded machine)")
     parser.add_argument("--motions", default=",".join(MOTIONS))
+    parser.add_argument("--lora", action="store_true", help="also the sepia LoRA at strength 1 against 0")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = load_mini(folder=args.folder)
@@ -88,6 +102,8 @@ def main(argv=None) -> int:
             print(f"{name:24s} {motion:9s} psnr {row['first_frame_psnr']:5.1f} dB  shift {row['total_px']:+6.1f} px  "
                   f"jump {row['largest_jump_share']:.2f}  r2 {row['line_r2']:.2f}  zoom {row['zoom_scale']:.2f}  "
                   f"ok {row['direction_ok']}  ({row['seconds']} s)", flush=True)
+    lora_rows = [lora_effect(models, name, picture, args, mini_model_paths(args.folder)["lora"])
+                 for name, picture in pictures.items()] if args.lora else []
     summary = {
         "first_frame_psnr_min": min(r["first_frame_psnr"] for r in rows),
         "first_frame_psnr_mean": float(np.mean([r["first_frame_psnr"] for r in rows])),
@@ -99,9 +115,12 @@ def main(argv=None) -> int:
                                                       if r["motion"].startswith("pan")])),
         "pan_line_r2_mean": float(np.mean([r["line_r2"] for r in rows if r["motion"].startswith("pan")])),
     }
+    if lora_rows:
+        summary["lora_off_sepia_cut_mean"] = float(np.mean([r["cut"] for r in lora_rows]))
     print(json.dumps(summary, indent=1))
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "summary": summary, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"settings": vars(args), "summary": summary, "rows": rows,
+                                               "lora_rows": lora_rows}, indent=1))
     return 0
 
 

@@ -1,6 +1,6 @@
 """The mini model: its training script still runs and refuses bad input, the shipped files load through the normal
-path. How well it keeps a held-out picture and moves as told is measured by bench/bench_mini_quality.py
-(BENCHMARKS.md); the test of those targets comes with weights that meet them."""
+path, and on a held-out picture with held-out sentences its first frame is the picture and its LoRA grades the
+colours (loosely here; bench/bench_mini_quality.py measures the whole held-out set, BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from wan_core.builtin import mini_data as data
 from wan_core.builtin.mini import MINI_FILES, mini_model_paths
@@ -102,6 +103,46 @@ def test_phase_correlation_measures_a_known_shift():
     picture = data.procedural_picture(HELD_OUT_SEED)[:96, :160]
     moved = np.roll(picture, 5, axis=1)
     assert phase_shift(picture, moved)[1] == pytest.approx(5, abs=0.3)
+
+
+def _held_out_video(models, prompt: str, frames: int, steps: int):
+    """(decoded frames [T, 96, 160, 3], the held-out picture fitted to 160x96), both numpy in 0..1."""
+    from wan_core.sampling import conditioning
+    from wan_core.sampling.params import SamplingParams
+    from wan_core.sampling.pipeline import generate_i2v
+
+    picture = torch.from_numpy(data.procedural_picture(HELD_OUT_SEED))[None]
+    params = SamplingParams(prompt=prompt, width=data.FRAME_W, height=data.FRAME_H, num_frames=frames, steps=steps,
+                            seed=0)
+    video = conditioning.decode_latents(models, generate_i2v(models, picture, params).latents).numpy()
+    return video, conditioning.fit_frames(picture, data.FRAME_W, data.FRAME_H)[0].numpy()
+
+
+def test_on_a_held_out_picture_the_first_frame_is_the_picture(mini_i2v):
+    """Issue 12's first target, loosely: the first frame reproduces a picture training never saw at >= 20 dB PSNR
+    (the benchmark's target is 22). Whether the camera then moves as the prompt says is measured by
+    bench/bench_mini_quality.py; the shipped weights do not follow the prompt yet (BENCHMARKS.md), so no test
+    claims it."""
+    from wan_core.builtin.mini_quality import psnr
+
+    video, picture = _held_out_video(mini_i2v, data.HELD_OUT_PROMPTS["pan_left"][0], frames=21, steps=12)
+    assert psnr(video[0], picture) >= 20.0
+
+
+def test_the_sepia_lora_grades_the_colours(mini_i2v):
+    """At strength 1 the frames' colours come at least a third closer to a sepia grade than at strength 0."""
+    from wan_core.builtin.mini_quality import off_sepia
+    from wan_core.lora.stack import LoraEntry
+
+    off = {}
+    try:
+        for strength in (0.0, 1.0):
+            with mini_i2v.configured(loras=(LoraEntry.from_text(str(mini_model_paths()["lora"]), strength),)):
+                off[strength] = off_sepia(_held_out_video(mini_i2v, data.HELD_OUT_PROMPTS["still"][0], 21, 12)[0])
+    finally:
+        with mini_i2v.configured(loras=()):  # the shared fixture's base weights back for the other tests
+            pass
+    assert off[1.0] <= (1 - 1 / 3) * off[0.0], off
 
 
 def test_fast_mode_on_the_mini_model_skips_at_least_40_percent_and_keeps_the_frames_close(mini_i2v):

@@ -81,6 +81,15 @@ def zoom_scale(first: np.ndarray, last: np.ndarray, scales=np.arange(0.8, 1.5001
     return float(scales[int(np.argmin(errors))])
 
 
+def off_sepia(frames: np.ndarray) -> float:
+    """How far the colours are from a sepia grade: the mean distance of each pixel's RGB from the line of colours
+    data.sepia gives (its matrix is nearly rank one: grey levels times one brown tint). 0 for a sepia video."""
+    tint = data.sepia(torch.full((3,), 0.5)).double().numpy()
+    tint /= np.linalg.norm(tint)
+    pixels = np.asarray(frames, np.float64).reshape(-1, 3)
+    return float(np.linalg.norm(pixels - np.outer(pixels @ tint, tint), axis=1).mean())
+
+
 def expected_direction(motion: str) -> int:
     """+1: content moves right (the camera pans left), -1: left, 0: no horizontal move."""
     return {"pan_left": 1, "pan_right": -1}.get(motion, 0)

@@ -15,12 +15,13 @@ def add_parsers(subparsers):
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--plan", choices=("full", "smoke"), default="full", help="smoke: toy sizes, for tests")
     train.add_argument("--vae-steps", type=int)
+    train.add_argument("--decoder-steps", type=int, help="stage 1b: the VAE decoder on latent camera moves")
     train.add_argument("--dit-steps", type=int, help="transformer steps")
     train.add_argument("--lora-steps", type=int)
     train.add_argument("--procedural-pictures", type=int)
     train.add_argument("--reuse-vae", metavar="DIR", help="skip stage 1: take the VAE and the frozen encoders from "
                                                          "an earlier run's folder (same seed and plan)")
-    train.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: on a shared CPU one thread is faster than two waiting for each other; the result depends on it)")
+    train.add_argument("--threads", type=int, default=2, help="CPU threads (the shipped files: 2; the result depends on it, and on a machine shared with other work 1 can be faster)")
     train.set_defaults(run=run_train_mini)
 
 
