@@ -1,12 +1,14 @@
 """Long videos: context windows against one pass, time and peak RSS at 81, 121 and 161 frames.
 
-Each measurement runs in a fresh subprocess (peak RSS is that run's alone) on the tiny I2V model (the real Wan 2.1
-architecture, random weights, so the figures measure cost only, not quality), not counting model loading.
+Each measurement runs in a fresh subprocess (peak RSS is that run's alone), not counting model loading, on the tiny
+I2V model (--model tiny: the real Wan 2.1 architecture, random weights, so the figures measure cost only) or the
+trained mini model (--model mini).
 --stage sampling: the part windows change, the guided transformer over all steps (prompt and CLIP encoding
 included; the first-frame condition is random latents of its shape, as the VAE's cost is the same either way).
 --stage job: the whole job from the picture to decoded frames, VAE included.
 
-    python bench/bench_long_video.py [--stage sampling|job] [--size 320*192] [--frames 81 121 161] [--steps 4]
+    python bench/bench_long_video.py [--stage sampling|job] [--model tiny|mini] [--size 320*192]
+                                     [--frames 81 121 161] [--steps 4]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def measure(stage: str, mode: str, width: int, height: int, frames: int, steps: int) -> dict:
+def measure(stage: str, model: str, mode: str, width: int, height: int, frames: int, steps: int) -> dict:
     import torch
 
     from wan_core.sampling import conditioning, pipeline
@@ -33,9 +35,10 @@ def measure(stage: str, mode: str, width: int, height: int, frames: int, steps: 
     from wan_core.sampling.params import SamplingParams
     from wan_core.sampling.samplers import SAMPLERS
     from wan_core.sampling.schedule import flow_sigmas
+    from wan_core.builtin.mini import mini_model_paths
     from wan_core.tiny import tiny_model_paths
 
-    paths = tiny_model_paths()
+    paths = mini_model_paths() if model == "mini" else tiny_model_paths()
     models = load_models(paths["i2v"], paths["vae"], paths["text_encoder"], paths["clip_vision"])
     image = torch.rand(1, height, width, 3, generator=torch.Generator().manual_seed(0))
     params = SamplingParams(prompt="a cat walks", width=width, height=height, num_frames=frames, steps=steps, seed=1,
@@ -56,7 +59,8 @@ def measure(stage: str, mode: str, width: int, height: int, frames: int, steps: 
 
 
 def run_one(mode: str, frames: int, args) -> dict:
-    command = [sys.executable, __file__, "--run", mode, "--stage", args.stage, "--size", args.size, "--frames", str(frames),
+    command = [sys.executable, __file__, "--run", mode, "--stage", args.stage, "--model", args.model,
+               "--size", args.size, "--frames", str(frames),
                "--steps", str(args.steps)]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
@@ -66,6 +70,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", choices=["windows", "one-pass"], help="(internal) one measurement in this process")
     parser.add_argument("--stage", choices=["sampling", "job"], default="sampling")
+    parser.add_argument("--model", choices=["tiny", "mini"], default="tiny")
     parser.add_argument("--size", default="320*192")
     parser.add_argument("--frames", type=int, nargs="+", default=[81, 121, 161])
     parser.add_argument("--steps", type=int, default=4)
@@ -73,10 +78,10 @@ def main():
     args = parser.parse_args()
     width, height = map(int, args.size.split("*"))
     if args.run:
-        print(json.dumps(measure(args.stage, args.run, width, height, args.frames[0], args.steps)))
+        print(json.dumps(measure(args.stage, args.model, args.run, width, height, args.frames[0], args.steps)))
         return
     print(f"machine: {platform.machine()}, {platform.python_version()}; stage {args.stage}, size {args.size}, "
-          f"{args.steps} steps, guidance 5, tiny model (random weights)")
+          f"{args.steps} steps, guidance 5, {args.model} model")
     results = {}
     for frames in args.frames:
         for mode in args.modes:
