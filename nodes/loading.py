@@ -73,12 +73,12 @@ class LoadWanModel(io.ComfyNode):
                                        ("text_encoders", text_encoder), ("clip_vision", clip_vision))
         try:  # an attention kernel, offload or resident block count that cannot run is said before anything loads
             check_model_speed(attention, compile, compute_device(), compute_dtype(check_choice("dtype", dtype, ["auto", *DTYPES])))
-            check_resident_blocks(resident_blocks, check_choice("offload", offload, OFFLOAD_CHOICES))
-            if resident_blocks and missing is True:  # the model's block count, from its file's tensor shapes alone
+            blocks = None  # the model's block count, from its file's tensor shapes alone, when it is there
+            if resident_blocks and missing is True:
                 from ..wan_core.files.loading import read_transformer_config
 
                 blocks = read_transformer_config(folder_file("diffusion_models", diffusion_model))["num_layers"]
-                check_resident_blocks(resident_blocks, offload, blocks)
+            check_resident_blocks(resident_blocks, check_choice("offload", offload, OFFLOAD_CHOICES), blocks)
             check_offload(offload, compute_device())
         except WanInputError as error:
             return str(error) if missing is True else f"{missing}; {error}"

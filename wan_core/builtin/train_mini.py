@@ -177,13 +177,9 @@ def _vae_batch(pictures: torch.Tensor, rng: np.random.Generator, step: int, crop
         clips = []
         for i in rng.integers(0, len(pictures), 2):
             motion = "still" if still else data.MOTIONS[rng.integers(0, 4)]
-            speed = rng.uniform(1, 3)
-            grid = data.camera_grid(motion, [speed * f for f in range(5)], data.SOURCE_W, data.SOURCE_H,
-                                    data.FRAME_W, data.FRAME_H)
-            frames = F.grid_sample(pictures[i][None].expand(5, -1, -1, -1), grid, mode="bicubic",
-                                   padding_mode="border", align_corners=False).clamp(0, 1)  # [5, 3, H, W]
+            frames = data.camera_frames(pictures[i], motion, 5, speed=rng.uniform(1, 3))  # [3, 5, H, W]
             top, left = rng.integers(0, data.FRAME_H - crop + 1), rng.integers(0, data.FRAME_W - crop + 1)
-            clips.append(frames[:, :, top:top + crop, left:left + crop].permute(1, 0, 2, 3))
+            clips.append(frames[:, :, top:top + crop, left:left + crop])
         return torch.stack(clips) * 2 - 1, still
     chosen = rng.integers(0, len(pictures), 2)
     return first_frames(pictures[chosen])[:, :, None] * 2 - 1, False
@@ -330,15 +326,11 @@ def train_decoder_on_camera_latents(vae: AutoencoderKLWan, pictures: torch.Tenso
             index, motion = int(rng.integers(0, len(pictures))), data.MOTIONS[rng.integers(0, len(data.MOTIONS))]
             latent = data.camera_latents(raw_source[index], motion, latent_frames)  # [16, T, FRAME_H/8, FRAME_W/8]
             latent[:, 0] = raw_first[index]
-            frames = 4 * latent_frames - 3
-            grid = data.camera_grid(motion, [float(f) for f in range(frames)], data.SOURCE_W, data.SOURCE_H,
-                                    data.FRAME_W, data.FRAME_H)
-            clip = F.grid_sample(pictures[index][None].expand(frames, -1, -1, -1), grid, mode="bicubic",
-                                 padding_mode="border", align_corners=False).clamp(0, 1)  # [frames, 3, H, W]
+            clip = data.camera_frames(pictures[index], motion, 4 * latent_frames - 3)  # [3, frames, H, W]
             top = int(rng.integers(0, data.FRAME_H // 8 - crop + 1))
             left = int(rng.integers(0, data.FRAME_W // 8 - crop + 1))
             latents.append(latent[:, :, top:top + crop, left:left + crop])
-            clips.append(clip.permute(1, 0, 2, 3)[:, :, 8 * top:8 * (top + crop), 8 * left:8 * (left + crop)])
+            clips.append(clip[:, :, 8 * top:8 * (top + crop), 8 * left:8 * (left + crop)])
         target = torch.stack(clips) * 2 - 1  # [2, 3, frames, crop * 8, crop * 8]
         out = vae.decode(torch.stack(latents)).sample
         loss = F.l1_loss(out, target) + F.mse_loss(out, target)

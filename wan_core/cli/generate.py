@@ -213,7 +213,7 @@ def _run(args, task: str, media: torch.Tensor, params: SamplingParams, note: str
     check_range("step_cache", args.step_cache, *STEP_CACHE_RANGE)
     check_step_caches(args.fast, args.step_cache)
     check_block_swap(args.offload, args.step_cache)
-    check_resident_blocks(args.resident_blocks, args.offload)
+    check_resident_blocks(args.resident_blocks, args.offload)  # its count against the model's, once read below
     loras = stack_from_options(args.lora)
     loras_dir = Path(args.model) / "loras" if args.model and args.model != "tiny" else None
     for entry in loras:  # a missing file or an unreachable URL fails here, before the models load
