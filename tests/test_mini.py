@@ -1,6 +1,7 @@
 """The mini model: its training script still runs and refuses bad input, the shipped files load through the normal
-path, and on a held-out picture with held-out sentences its first frame is the picture and its LoRA grades the
-colours (loosely here; bench/bench_mini_quality.py measures the whole held-out set, BENCHMARKS.md)."""
+path, and on a held-out picture with held-out sentences its first frame is the picture, the camera pans the way
+the prompt says and its LoRA grades the colours (loosely here; bench/bench_mini_quality.py measures the whole
+held-out set, BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,18 @@ def test_training_refuses_a_folder_that_is_not_empty_and_overwrites_nothing(tmp_
         train_mini(out, plan=PLANS["smoke"])
     assert main(["train-mini", "--out", str(out), "--plan", "smoke"]) == 2
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_the_motion_curriculum_adds_the_opposite_moves_gradually_then_draws_all_evenly():
+    from wan_core.builtin.train_mini import CURRICULUM, ONE_DIRECTION, motion_odds
+
+    opposite = [data.MOTIONS.index(m) for m in ("pan_right", "zoom_out")]
+    assert set(ONE_DIRECTION) | {"pan_right", "zoom_out"} == set(data.MOTIONS)
+    assert motion_odds(0.0)[opposite].sum() == 0 and motion_odds(CURRICULUM[0])[opposite].sum() == 0
+    shares = [motion_odds(p)[opposite].sum() for p in np.linspace(CURRICULUM[0], CURRICULUM[1], 6)]
+    assert all(a < b for a, b in zip(shares, shares[1:]))
+    assert np.allclose(motion_odds(CURRICULUM[1]), 1 / len(data.MOTIONS))
+    assert np.allclose(motion_odds(1.0), 1 / len(data.MOTIONS))
 
 
 @pytest.mark.parametrize("steps", ["0", "-3"])
@@ -118,15 +131,19 @@ def _held_out_video(models, prompt: str, frames: int, steps: int):
     return video, conditioning.fit_frames(picture, data.FRAME_W, data.FRAME_H)[0].numpy()
 
 
-def test_on_a_held_out_picture_the_first_frame_is_the_picture(mini_i2v):
-    """Issue 12's first target, loosely: the first frame reproduces a picture training never saw at >= 20 dB PSNR
-    (the benchmark's target is 22). Whether the camera then moves as the prompt says is measured by
-    bench/bench_mini_quality.py; the shipped weights do not follow the prompt yet (BENCHMARKS.md), so no test
-    claims it."""
-    from wan_core.builtin.mini_quality import psnr
+def test_on_a_held_out_picture_the_first_frame_is_the_picture_and_the_camera_pans_as_prompted(mini_i2v):
+    """Issue 12's targets, loosely, on a picture and sentences training never saw, at the README's 81 frames: the first
+    frame reproduces the picture at >= 20 dB PSNR (the benchmark's target is 22), "pan left" moves the content right
+    and "pan right" moves it left by at least 8 px between the first and the last frame (32 in training), and not in
+    one jump: halfway it is only part of the way (bench/bench_mini_quality.py measures the whole held-out set)."""
+    from wan_core.builtin.mini_quality import psnr, shift_track, steadiness
 
-    video, picture = _held_out_video(mini_i2v, data.HELD_OUT_PROMPTS["pan_left"][0], frames=21, steps=12)
-    assert psnr(video[0], picture) >= 20.0
+    for motion, sign in (("pan_left", 1), ("pan_right", -1)):
+        video, picture = _held_out_video(mini_i2v, data.HELD_OUT_PROMPTS[motion][0], frames=81, steps=30)
+        assert psnr(video[0], picture) >= 20.0, motion
+        track = shift_track(video)
+        assert sign * steadiness(track)["total_px"] >= 8.0, (motion, track[::8])
+        assert abs(track[40]) < abs(track[-1]), (motion, track[::8])  # halfway it has not arrived yet
 
 
 def test_the_sepia_lora_grades_the_colours(mini_i2v):
