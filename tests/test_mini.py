@@ -5,6 +5,7 @@ held-out set, BENCHMARKS.md)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,37 @@ def test_training_refuses_a_folder_that_is_not_empty_and_overwrites_nothing(tmp_
         train_mini(out, plan=PLANS["smoke"])
     assert main(["train-mini", "--out", str(out), "--plan", "smoke"]) == 2
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_continuing_a_run_trains_its_transformer_and_decoder_further_and_keeps_the_encoders(tmp_path):
+    from safetensors.torch import load_file
+
+    train_mini(tmp_path / "a", seed=3, plan=PLANS["smoke"])
+    record = train_mini(tmp_path / "b", seed=3, plan=PLANS["smoke"], continue_from=tmp_path / "a")
+    assert record["continued_from"] == json.loads((tmp_path / "a" / "training.json").read_text())  # the whole chain
+    state = {name: [load_file(mini_model_paths(tmp_path / run)[name]) for run in "ab"]
+             for name in ("i2v", "vae", "text_encoder", "clip_vision")}
+    for name in ("text_encoder", "clip_vision"):
+        before, after = state[name]
+        assert all(torch.equal(before[key], after[key]) for key in before)
+    before, after = state["vae"]
+    assert all(torch.equal(before[key], after[key]) for key in before if key.startswith("encoder."))
+    assert not all(torch.equal(before[key], after[key]) for key in before if key.startswith("decoder."))
+    before, after = state["i2v"]
+    # trained further from the earlier weights (two small steps), not started afresh (a new draw differs by far more)
+    changes = [float((after[key].float() - before[key].float()).abs().max()) for key in before]
+    assert 0 < max(changes) < 0.01
+
+
+def test_continuing_needs_an_earlier_runs_files_and_excludes_reuse_vae(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = r"continue_from=.*lacks the \['vae', 'text_encoder', 'clip_vision', 'i2v'\]"
+    with pytest.raises(WanInputError, match=missing):
+        train_mini(tmp_path / "out", plan=PLANS["smoke"], continue_from=empty)
+    with pytest.raises(WanInputError, match="not both"):
+        train_mini(tmp_path / "out", plan=PLANS["smoke"], continue_from=empty, reuse_vae=empty)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
 def test_the_motion_curriculum_adds_the_opposite_moves_gradually_then_draws_all_evenly():
