@@ -58,6 +58,8 @@ from . import mini_data as data
 from .mini import MINI_FILES, MINI_LORA
 
 STEP_RANGE = (1, 1_000_000)
+# one random draw sequence per stage (with the seed); a continued stage gets its own, not a replay of the first run's
+RANDOM_STREAMS = {"transformer": 3, "lora": 4, "decoder": 5, "continued transformer": 6, "continued decoder": 7}
 FIRST_FRAME_WEIGHT = 5.0  # latent frame 0's share of the flow loss, against 1 for each later frame
 # Opposite moves (pan left / pan right, zoom in / zoom out) differ only by the prompt. Drawn evenly from the first
 # step, the model settles on their average (a still, blurred video) and never learns to read the direction: it
@@ -338,7 +340,7 @@ def _decoder_clip_batch(raw_source, raw_first, pictures, plan: Plan, rng):
 
 
 def train_decoder(vae: AutoencoderKLWan, pictures: torch.Tensor, plan: Plan, seed: int, *, lr: float,
-                  stream: int = 5) -> list[float]:
+                  label: str = "decoder") -> list[float]:
     """Stage 1b, the decoder alone (the encoder, so the latent space the transformer learns in, stays as it is).
     Even steps decode the latent camera moves that the transformer is taught (clip_target: each latent frame the
     window over the picture's latent, frame 0 the first frame's exact latent) into the camera move's real frames,
@@ -346,7 +348,7 @@ def train_decoder(vae: AutoencoderKLWan, pictures: torch.Tensor, plan: Plan, see
     cached state from the chunk before then decoded such latents into washed-out magenta (measured on the first
     trained run). Odd steps decode 4 whole first frames: the crops never show the decoder's middle attention a
     whole frame, and 300 such steps raised the first frame of every held-out picture by 0.3-2 dB (measured)."""
-    rng = np.random.default_rng([seed, stream])
+    rng = np.random.default_rng([seed, RANDOM_STREAMS[label]])
     raw_source = encode(vae, pictures[:, :, None], batch=8)[:, :, 0]  # [N, 16, SOURCE_H/8, SOURCE_W/8]
     whole_first = first_frames(pictures)  # [N, 3, FRAME_H, FRAME_W]
     raw_first = encode(vae, whole_first[:, :, None], batch=8)  # [N, 16, 1, FRAME_H/8, FRAME_W/8]
@@ -508,9 +510,6 @@ def _dit_batch(pictures: PictureSet, prompts: Prompts, rng, batch: int, lengths,
     return torch.stack(x0), torch.stack(condition), torch.stack(text), torch.stack(tokens)
 
 
-RANDOM_STREAMS = {"transformer": 3, "lora": 4, "continued transformer": 6}  # one draw sequence per stage
-
-
 def train_transformer(model, pictures: PictureSet, prompts: Prompts, plan: Plan, seed: int, *, steps: int, lr: float,
                       lengths, parameters, label: str, target=None, first=None, curriculum=False) -> list[float]:
     rng = np.random.default_rng([seed, RANDOM_STREAMS[label]])
@@ -630,8 +629,8 @@ def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"], reuse_vae=None, c
     """Train every stage into `out` (a new or empty folder) in ComfyUI's layout; returns the training record.
     reuse_vae: a folder from an earlier run with the same seed and plan: its VAE and frozen encoders are taken
     as they are and stage 1 is skipped (to retrain the transformer and LoRA alone).
-    continue_from: such a folder whose transformer trains plan.dit_steps more steps (all motions evenly, peak
-    plan.lr_continue) instead of starting afresh; implies reuse_vae of the same folder."""
+    continue_from: such a folder whose decoder and transformer train plan.decoder_steps and plan.dit_steps more
+    steps (all motions evenly, peak plan.lr_continue) instead of starting afresh; implies reuse_vae of it."""
     out = Path(out)
     if reuse_vae is not None and continue_from is not None:
         raise WanInputError("give reuse_vae or continue_from, not both: continue_from reuses that folder's VAE too")
@@ -680,7 +679,7 @@ def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"], reuse_vae=None, c
     if continue_from is not None:  # the whole chain stays on record: what this run started from, and how it was made
         earlier_record = earlier / "training.json"
         record["continued_from"] = json.loads(earlier_record.read_text()) if earlier_record.is_file() else str(earlier)
-        record["decoder_losses"] = train_decoder(vae, pictures, plan, seed, lr=plan.lr_continue, stream=7)[-50:]
+        record["decoder_losses"] = train_decoder(vae, pictures, plan, seed, lr=plan.lr_continue, label="continued decoder")[-50:]
         save_vae(work, vae)
     record["seconds"]["vae"] = time.perf_counter() - mark
 

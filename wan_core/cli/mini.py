@@ -21,8 +21,8 @@ def add_parsers(subparsers):
     train.add_argument("--procedural-pictures", type=int)
     train.add_argument("--reuse-vae", metavar="DIR", help="skip stage 1: take the VAE and the frozen encoders from "
                                                          "an earlier run's folder (same seed and plan)")
-    train.add_argument("--continue-from", metavar="DIR", help="train an earlier run's transformer --dit-steps more "
-                                                              "steps (all motions evenly), on its VAE, then the LoRA")
+    train.add_argument("--continue-from", metavar="DIR", help="train an earlier run's decoder and transformer "
+                       "--decoder-steps and --dit-steps more steps (all motions evenly), then the LoRA afresh")
     train.add_argument("--threads", type=int, default=2, help="CPU threads (the shipped files: 2; the result depends on it, and on a machine shared with other work 1 can be faster)")
     train.set_defaults(run=run_train_mini)
 
