@@ -18,7 +18,7 @@ Three stages, each on what the previous one made:
 The text encoder (UMT5 + a sentencepiece tokenizer trained on the prompt sentences) and CLIP vision stay frozen at
 their seeded random initialisation: the transformer learns to read them.
 --continue-from DIR trains an earlier run's decoder (1b) and transformer (2) further, then its LoRA afresh: the
-shipped files are one run continued once (training.json holds both records).
+shipped files are one run continued twice (training.json holds the three records).
 
 Deterministic for a seed on one machine with the same thread count (CPU only).
 """
