@@ -197,8 +197,14 @@ def camera_grid(motion: str, frames: list[float], source_w: int, source_h: int, 
 def camera_frames(source: torch.Tensor, motion: str, num_frames: int, speed: float = 1.0) -> torch.Tensor:
     """source [3, SOURCE_H, SOURCE_W] -> video [3, num_frames, FRAME_H, FRAME_W]: the camera's frames, the move
     `speed` times the demo's."""
-    grid = camera_grid(motion, [speed * f for f in range(num_frames)], SOURCE_W, SOURCE_H, FRAME_W, FRAME_H)
-    frames = F.grid_sample(source[None].expand(num_frames, -1, -1, -1), grid, mode="bicubic",
+    return camera_frames_at(source, motion, [speed * f for f in range(num_frames)])
+
+
+def camera_frames_at(source: torch.Tensor, motion: str, times: list[float]) -> torch.Tensor:
+    """source [3, SOURCE_H, SOURCE_W] -> [3, len(times), FRAME_H, FRAME_W]: what the camera sees at those frame
+    times (fractions too)."""
+    grid = camera_grid(motion, times, SOURCE_W, SOURCE_H, FRAME_W, FRAME_H)
+    frames = F.grid_sample(source[None].expand(len(times), -1, -1, -1), grid, mode="bicubic",
                            padding_mode="border", align_corners=False)
     return frames.permute(1, 0, 2, 3).clamp(0, 1)
 
