@@ -32,6 +32,7 @@ from wan_core.builtin.train_mini import encode, first_frames  # noqa: E402
 from wan_core.sampling import conditioning  # noqa: E402
 
 FRAMES = 81
+LATENT_FRAMES = (FRAMES - 1) // 4 + 1
 
 
 def source_pictures() -> dict[str, torch.Tensor]:
@@ -44,17 +45,16 @@ def source_pictures() -> dict[str, torch.Tensor]:
 
 def decoded_target(models, picture: torch.Tensor, motion: str) -> np.ndarray:
     """[FRAMES, H, W, 3]: the transformer's training target for this move, decoded."""
-    latent_frames = (FRAMES - 1) // 4 + 1
     source = conditioning.normalise_latents(models, encode(models.vae, picture[None, :, None]))[0, :, 0]
     first = conditioning.normalise_latents(models, encode(models.vae, first_frames(picture[None])[:, :, None]))
-    target = data.camera_latents(source, motion, latent_frames)  # [16, T_lat, h, w]
+    target = data.camera_latents(source, motion, LATENT_FRAMES)  # [16, T_lat, h, w]
     target[:, 0] = first[0, :, 0]
     return conditioning.decode_latents(models, target[None]).numpy()
 
 
 def encoded_move(models, picture: torch.Tensor, motion: str) -> np.ndarray:
     """[FRAMES, H, W, 3]: each latent frame the encoding of the camera's frame at its time, decoded as one video."""
-    times = [data.latent_frame_time(t) for t in range((FRAMES - 1) // 4 + 1)]
+    times = [data.latent_frame_time(t) for t in range(LATENT_FRAMES)]
     frames = data.camera_frames_at(picture, motion, times).transpose(0, 1)  # [T_lat, 3, H, W]
     latents = conditioning.normalise_latents(models, encode(models.vae, frames[:, :, None], batch=8))
     return conditioning.decode_latents(models, latents[:, :, 0].transpose(0, 1)[None]).numpy()

@@ -263,13 +263,14 @@ def train_vae(vae: AutoencoderKLWan, pictures: torch.Tensor, plan: Plan, seed: i
         mu = vae.encode(clip).latent_dist.mean  # [B, 16, T_lat, h/8, w/8]
         out = vae.decode(mu).sample
         reconstruction = F.l1_loss(out, clip) + F.mse_loss(out, clip)
-        loss = reconstruction + 1e-4 * mu.pow(2).mean()
+        loss = reconstruction
         # guidance by the patch code fades out over the first half: then plain reconstruction takes over (its
-        # decode is skipped once its weight is zero: the same gradients, a few minutes less)
+        # decode is skipped once its weight is zero: the same sums in the same order, a few minutes less)
         guide = max(0.0, 1.0 - 2.0 * step / plan.vae_steps)
         if guide > 0:
             code = code_of(clip)
             loss = loss + guide * (F.mse_loss(mu, code) + F.mse_loss(vae.decode(code).sample, clip))
+        loss = loss + 1e-4 * mu.pow(2).mean()
         if still:  # the chunk after a still first frame must encode like it (latent-space camera moves rely on it)
             loss = loss + 0.1 * F.mse_loss(mu[:, :, 1:], mu[:, :, :1].expand_as(mu[:, :, 1:]))
         optimiser.zero_grad(set_to_none=True)
