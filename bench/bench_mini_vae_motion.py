@@ -3,14 +3,15 @@
     pip install -e ".[train]"   # scikit-image: its held-out photos
     python bench/bench_mini_vae_motion.py [--folder DIR] [--motion pan_left]
 
-For every held-out picture it takes the camera move the transformer is trained to make (mini_data.camera_latents:
-each latent frame the camera's window over the picture's latent, latent frame 0 the first frame's own latent),
-decodes it with the VAE alone (no transformer, no sampling) and measures, as bench_mini_quality.py does, the
-horizontal shift of every frame against the first by phase correlation: its total, the largest frame-to-frame jump
-as a share of the total, and R^2 of a line. A perfect model reproduces its training targets, so the decoded targets
-are as steady as its videos can get. The same for: the real frames (the ruler's own error); every frame encoded
-and decoded on its own (the VAE's round trip); and the other way to make a target, each latent frame the encoding
-of the frame the camera sees at the time that latent frame stands for (encoded moves).
+For every held-out picture it takes the camera move the transformer is trained to make (train_mini.encoded_moves:
+each latent frame the encoding of the frame the camera sees at the time that latent frame stands for), decodes it
+with the VAE alone (no transformer, no sampling) and measures, as bench_mini_quality.py does, the horizontal shift
+of every frame against the first by phase correlation: its total, the largest frame-to-frame jump as a share of the
+total, and R^2 of a line. A perfect model reproduces its training targets, so the decoded targets are as steady as
+its videos can get. The same for: the real frames (the ruler's own error); every frame encoded and decoded on its
+own (the VAE's round trip); and the targets the transformer was trained on before (mini_data.camera_latents: each
+latent frame the camera's window over one latent of the whole picture, resampled; latent frame 0 the first frame's
+own latent).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wan_core.builtin import mini_data as data  # noqa: E402
 from wan_core.builtin.mini import load_mini  # noqa: E402
 from wan_core.builtin.mini_quality import shift_track, steadiness  # noqa: E402
-from wan_core.builtin.train_mini import encode, first_frames  # noqa: E402
+from wan_core.builtin.train_mini import encode, encoded_moves, first_frames  # noqa: E402
 from wan_core.sampling import conditioning  # noqa: E402
 
 FRAMES = 81
@@ -43,8 +44,8 @@ def source_pictures() -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(picture).permute(2, 0, 1) for name, picture in pictures.items()}
 
 
-def decoded_target(models, picture: torch.Tensor, motion: str) -> np.ndarray:
-    """[FRAMES, H, W, 3]: the transformer's training target for this move, decoded."""
+def resampled_latent(models, picture: torch.Tensor, motion: str) -> np.ndarray:
+    """[FRAMES, H, W, 3]: the move made by resampling the whole picture's latent, decoded."""
     source = conditioning.normalise_latents(models, encode(models.vae, picture[None, :, None]))[0, :, 0]
     first = conditioning.normalise_latents(models, encode(models.vae, first_frames(picture[None])[:, :, None]))
     target = data.camera_latents(source, motion, LATENT_FRAMES)  # [16, T_lat, h, w]
@@ -53,11 +54,9 @@ def decoded_target(models, picture: torch.Tensor, motion: str) -> np.ndarray:
 
 
 def encoded_move(models, picture: torch.Tensor, motion: str) -> np.ndarray:
-    """[FRAMES, H, W, 3]: each latent frame the encoding of the camera's frame at its time, decoded as one video."""
-    times = [data.latent_frame_time(t) for t in range(LATENT_FRAMES)]
-    frames = data.camera_frames_at(picture, motion, times).transpose(0, 1)  # [T_lat, 3, H, W]
-    latents = conditioning.normalise_latents(models, encode(models.vae, frames[:, :, None], batch=8))
-    return conditioning.decode_latents(models, latents[:, :, 0].transpose(0, 1)[None]).numpy()
+    """[FRAMES, H, W, 3]: the transformer's training target for this move, decoded as one video."""
+    raw = encoded_moves(models.vae, picture[None], LATENT_FRAMES)[:, data.MOTIONS.index(motion)]  # [1, 16, T, h, w]
+    return conditioning.decode_latents(models, conditioning.normalise_latents(models, raw)).numpy()
 
 
 @torch.no_grad()
@@ -81,13 +80,13 @@ def main(argv=None) -> int:
     for name, picture in source_pictures().items():
         real = data.camera_frames(picture, args.motion, FRAMES)  # [3, T, H, W]
         videos = {"real frames": real.permute(1, 2, 3, 0).numpy(), "round trip": round_trip(models, real),
-                  "decoded target": decoded_target(models, picture, args.motion),
+                  "resampled latent": resampled_latent(models, picture, args.motion),
                   "encoded move": encoded_move(models, picture, args.motion)}
         for kind, video in videos.items():
             track = shift_track(video)
             row = {"picture": name, "kind": kind, **steadiness(track), "track_every_8": track[::8].round(1).tolist()}
             rows.append(row)
-            print(f"{name:24s} {kind:15s} shift {row['total_px']:+6.1f} px  jump {row['largest_jump_share']:.2f}  "
+            print(f"{name:24s} {kind:16s} shift {row['total_px']:+6.1f} px  jump {row['largest_jump_share']:.2f}  "
                   f"r2 {row['line_r2']:.3f}  track {row['track_every_8']}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=1))

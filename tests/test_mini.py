@@ -102,6 +102,26 @@ def test_the_motion_curriculum_adds_the_opposite_moves_gradually_then_draws_all_
     assert np.allclose(motion_odds(1.0), 1 / len(data.MOTIONS))
 
 
+def test_encoded_moves_are_the_encodings_of_the_frames_the_camera_sees():
+    from diffusers import AutoencoderKLWan
+
+    from wan_core.builtin.train_mini import encode, encoded_moves, first_frames
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=4, z_dim=16).eval()
+    picture = torch.from_numpy(data.procedural_picture(7)).permute(2, 0, 1)  # [3, SOURCE_H, SOURCE_W]
+    moves = encoded_moves(vae, picture[None], latent_frames=4)[0]  # [5, 16, 4, h, w]
+    first = encode(vae, first_frames(picture[None])[:, :, None])[0, :, 0]
+    assert all(torch.equal(moves[m, :, 0], first) for m in range(len(data.MOTIONS)))
+    still = moves[data.MOTIONS.index("still")]
+    assert torch.equal(still, first[:, None].expand_as(still))
+    for motion in ("pan_left", "zoom_out"):
+        frame = data.camera_frames_at(picture, motion, [data.latent_frame_time(3)])  # [3, 1, H, W]
+        alone = encode(vae, frame.transpose(0, 1)[:, :, None])[0, :, 0]
+        assert torch.allclose(moves[data.MOTIONS.index(motion), :, 3], alone, atol=1e-5)
+    assert not torch.allclose(moves[0, :, 3], moves[1, :, 3])  # left and right part
+
+
 @pytest.mark.parametrize("steps", ["0", "-3"])
 def test_training_refuses_a_bad_step_count_before_any_work(tmp_path, steps, capsys):
     out = tmp_path / "new"

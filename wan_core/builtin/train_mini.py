@@ -8,17 +8,17 @@ Three stages, each on what the previous one made:
   2. Transformer (WanTransformer3DModel, 36 channels in, image branch): flow matching on the engine's shifted sigma
      schedule (sigma uniform, then shifted by schedule.shift_sigma with default_flow_shift(160, 96) = 3), velocity
      target noise - x0, conditioned as the engine conditions it: UMT5 prompt states padded to 512, CLIP tokens of the
-     first frame, and mask + normalised latents of "first frame, then grey". Encoding 81 frames costs ~20 s here,
-     so the camera moves are made in latent space: each picture's latent is encoded once, larger than the frame,
-     and each latent frame is the camera's window over it at the time that latent frame stands for (bicubic
-     resampling); latent frame 0 is the exact encoding of the first frame. The moves come in a curriculum (one
-     direction of each pair first, see CURRICULUM) so that the prompt, not the average move, decides the direction.
+     first frame, and mask + normalised latents of "first frame, then grey". Encoding 81 frames as a video costs
+     ~20 s here, so each camera move is made once per picture from single-frame encodings (encoded_moves): latent
+     frame t is the encoding of the frame the camera sees at the time latent frame t stands for. The moves come
+     in a curriculum (one direction of each pair first, see CURRICULUM) so that the prompt, not the average move,
+     decides the direction.
   3. LoRA (rank 8 on every attention and feed-forward Linear of the blocks): the same task with sepia-graded
      targets; saved in ComfyUI's layout (diffusion_model.<original Wan name>.lora_A/lora_B/alpha).
 The text encoder (UMT5 + a sentencepiece tokenizer trained on the prompt sentences) and CLIP vision stay frozen at
 their seeded random initialisation: the transformer learns to read them.
 --continue-from DIR trains an earlier run's decoder (1b) and transformer (2) further, then its LoRA afresh: the
-shipped files are one run continued twice (training.json holds the three records).
+shipped files are one run continued four times (training.json holds the five records).
 
 Deterministic for a seed on one machine with the same thread count (CPU only).
 """
@@ -106,8 +106,9 @@ PLANS = {
     "full": Plan(),
     # every stage on a toy size: what the test runs to check the script still works
     "smoke": Plan(vae_base_dim=4, width=128, layers=1, ffn=128, text_dim=32, text_layers=1, clip_width=32,
-                  lora_rank=2, vae_steps=2, dit_steps=2, lora_steps=2, decoder_steps=2, decoder_lengths=(3,), procedural_pictures=2, photo_crops=0,
-                  use_photos=False, vae_crop=32, dit_batch=1, latent_lengths=(2,), lora_lengths=(2,), lora_pictures=2),
+                  lora_rank=2, vae_steps=2, dit_steps=2, lora_steps=2, decoder_steps=2,
+                  decoder_lengths=(3,), procedural_pictures=2, photo_crops=0, use_photos=False, vae_crop=32,
+                  dit_batch=1, latent_lengths=(2,), lora_lengths=(2,), lora_pictures=2),
 }
 
 
@@ -324,17 +325,36 @@ def fold_latent_statistics(vae: AutoencoderKLWan, samples: torch.Tensor):
     post.weight /= scale.view(1, z, 1, 1, 1)
 
 
-def _decoder_clip_batch(raw_source, raw_first, pictures, plan: Plan, rng):
-    """(latents [2, 16, T, c, c], frames [2, 3, 4T-3, 8c, 8c] in -1..1): latent camera moves and their real frames,
+@torch.no_grad()
+def encoded_moves(vae: AutoencoderKLWan, pictures: torch.Tensor, latent_frames: int) -> torch.Tensor:
+    """[N, 3, SOURCE_H, SOURCE_W] in 0..1 -> raw latents [N, len(MOTIONS), 16, latent_frames, FRAME_H/8, FRAME_W/8]:
+    every camera move, latent frame t the encoding, alone, of the frame the camera sees at latent_frame_time(t);
+    frame 0 is the first frame's (the conditioning picture's) encoding and "still" repeats it. Shorter clips are
+    prefixes. Why single frames: moves made by resampling one latent of the whole picture decode in steps of one
+    latent pixel (8 px every 20 frames at the demo's pan speed), as the VAE places content on a coarse grid; these
+    decode in 4 px steps (bench/bench_mini_vae_motion.py)."""
+    times = [data.latent_frame_time(t) for t in range(1, latent_frames)]
+    moving = [m for m in data.MOTIONS if m != "still"]
+    first = encode(vae, first_frames(pictures)[:, :, None], batch=8)  # [N, 16, 1, h, w]
+    moves = first[:, None].repeat(1, len(data.MOTIONS), 1, latent_frames, 1, 1)
+    for n, picture in enumerate(pictures):
+        frames = torch.cat([data.camera_frames_at(picture, m, times) for m in moving], dim=1)  # [3, 4 (T-1), H, W]
+        latents = encode(vae, frames.transpose(0, 1)[:, :, None], batch=16)[:, :, 0]  # [4 (T-1), 16, h, w]
+        for motion, move in zip(moving, latents.split(latent_frames - 1)):  # move [T-1, 16, h, w]
+            moves[n, data.MOTIONS.index(motion), :, 1:] = move.transpose(0, 1)
+    return moves
+
+
+def _decoder_clip_batch(raw_moves, pictures, plan: Plan, rng):
+    """(latents [2, 16, T, c, c], frames [2, 3, 4T-3, 8c, 8c] in -1..1): encoded camera moves and their real frames,
     cropped to c = vae_crop / 8 latent pixels."""
     latent_frames = int(plan.decoder_lengths[rng.integers(0, len(plan.decoder_lengths))])
     crop = plan.vae_crop // 8
     latents, clips = [], []
     for _ in range(2):
-        index, motion = int(rng.integers(0, len(pictures))), data.MOTIONS[rng.integers(0, len(data.MOTIONS))]
-        latent = data.camera_latents(raw_source[index], motion, latent_frames)  # [16, T, FRAME_H/8, FRAME_W/8]
-        latent[:, 0] = raw_first[index]
-        clip = data.camera_frames(pictures[index], motion, 4 * latent_frames - 3)  # [3, frames, H, W]
+        index, kind = int(rng.integers(0, len(pictures))), int(rng.integers(0, len(data.MOTIONS)))
+        latent = raw_moves[index, kind, :, :latent_frames]  # [16, T, FRAME_H/8, FRAME_W/8]
+        clip = data.camera_frames(pictures[index], data.MOTIONS[kind], 4 * latent_frames - 3)  # [3, frames, H, W]
         top = int(rng.integers(0, data.FRAME_H // 8 - crop + 1))
         left = int(rng.integers(0, data.FRAME_W // 8 - crop + 1))
         latents.append(latent[:, :, top:top + crop, left:left + crop])
@@ -342,19 +362,16 @@ def _decoder_clip_batch(raw_source, raw_first, pictures, plan: Plan, rng):
     return torch.stack(latents), torch.stack(clips) * 2 - 1
 
 
-def train_decoder(vae: AutoencoderKLWan, pictures: torch.Tensor, plan: Plan, seed: int, *, lr: float,
-                  label: str = "decoder") -> list[float]:
+def train_decoder(vae: AutoencoderKLWan, pictures: torch.Tensor, raw_moves: torch.Tensor, plan: Plan, seed: int, *,
+                  lr: float, label: str = "decoder") -> list[float]:
     """Stage 1b, the decoder alone (the encoder, so the latent space the transformer learns in, stays as it is).
-    Even steps decode the latent camera moves that the transformer is taught (clip_target: each latent frame the
-    window over the picture's latent, frame 0 the first frame's exact latent) into the camera move's real frames,
-    over crops of 4-6 latent frames: the 1+4-frame clips of stage 1 never reach the decoder's later chunks, whose
+    Even steps decode the camera moves that the transformer is taught (raw_moves, from encoded_moves) into the
+    camera move's real frames, over crops of 4-6 latent frames: the 1+4-frame clips of stage 1 never reach the decoder's later chunks, whose
     cached state from the chunk before then decoded such latents into washed-out magenta (measured on the first
     trained run). Odd steps decode 4 whole first frames: the crops never show the decoder's middle attention a
     whole frame, and 300 such steps raised the first frame of every held-out picture by 0.3-2 dB (measured)."""
     rng = np.random.default_rng([seed, RANDOM_STREAMS[label]])
-    raw_source = encode(vae, pictures[:, :, None], batch=8)[:, :, 0]  # [N, 16, SOURCE_H/8, SOURCE_W/8]
     whole_first = first_frames(pictures)  # [N, 3, FRAME_H, FRAME_W]
-    raw_first = encode(vae, whole_first[:, :, None], batch=8)  # [N, 16, 1, FRAME_H/8, FRAME_W/8]
     parameters = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     vae.requires_grad_(False)
     for parameter in parameters:
@@ -366,10 +383,10 @@ def train_decoder(vae: AutoencoderKLWan, pictures: torch.Tensor, plan: Plan, see
         for group in optimiser.param_groups:
             group["lr"] = _cosine(lr, step, plan.decoder_steps)
         if step % 2 == 0:
-            latents, target = _decoder_clip_batch(raw_source, raw_first[:, :, 0], pictures, plan, rng)
+            latents, target = _decoder_clip_batch(raw_moves, pictures, plan, rng)
         else:
             chosen = torch.from_numpy(rng.integers(0, len(pictures), 4))
-            latents, target = raw_first[chosen], whole_first[chosen][:, :, None] * 2 - 1
+            latents, target = raw_moves[chosen, 0, :, :1], whole_first[chosen][:, :, None] * 2 - 1
         out = vae.decode(latents).sample
         loss = F.l1_loss(out, target) + F.mse_loss(out, target)
         optimiser.zero_grad(set_to_none=True)
@@ -392,7 +409,7 @@ def train_decoder(vae: AutoencoderKLWan, pictures: torch.Tensor, plan: Plan, see
 class PictureSet:
     """Everything the transformer is trained on for each picture, normalised as the engine normalises."""
 
-    source: torch.Tensor  # [N, 16, SOURCE_H/8, SOURCE_W/8]: the whole picture's latent
+    moves: torch.Tensor  # [N, len(MOTIONS), 16, T, FRAME_H/8, FRAME_W/8]: encoded_moves, normalised
     condition: torch.Tensor  # [N, 16, 4, FRAME_H/8, FRAME_W/8]: latents of "first frame, then grey"
     image_tokens: torch.Tensor  # [N, 17, clip_width]: CLIP tokens of the first frame
 
@@ -404,9 +421,9 @@ def condition_clip(frames: torch.Tensor, total: int) -> torch.Tensor:
     return torch.cat([frames[:, :, None], grey], dim=2)
 
 
-def precompute(models: WanModels, pictures: torch.Tensor) -> PictureSet:
+def precompute(models: WanModels, pictures: torch.Tensor, raw_moves: torch.Tensor) -> PictureSet:
     vae = models.vae
-    source = conditioning.normalise_latents(models, encode(vae, pictures[:, :, None]))[:, :, 0]
+    moves = _normalise_moves(models, raw_moves)
     frames = first_frames(pictures)
     # Latents 0 and 1 of "first frame, then grey" exactly, per picture (5 frames). Latents 2 and 3 (past them the
     # grey clip's latents repeat) vary little with the picture but cost 13 frames each to encode here: they come
@@ -419,7 +436,12 @@ def precompute(models: WanModels, pictures: torch.Tensor) -> PictureSet:
         f"(latent 1 spread {float((head[:, :, 1] - head[:, :, 1].mean(0)).abs().max()):.3f})")
     condition = torch.cat([head, tail.expand(len(pictures), -1, -1, -1, -1)], dim=2)
     tokens = torch.cat([conditioning.encode_image_tokens(models, frame.permute(1, 2, 0)) for frame in frames])
-    return PictureSet(source, condition, tokens)
+    return PictureSet(moves, condition, tokens)
+
+
+def _normalise_moves(models: WanModels, raw_moves: torch.Tensor) -> torch.Tensor:
+    """[N, M, 16, T, h, w] raw -> the same, normalised as the engine normalises latents"""
+    return conditioning.normalise_latents(models, raw_moves.flatten(0, 1)).unflatten(0, raw_moves.shape[:2])
 
 
 def condition_latents(condition: torch.Tensor, latent_frames: int, rng: np.random.Generator | None = None,
@@ -435,12 +457,9 @@ def condition_latents(condition: torch.Tensor, latent_frames: int, rng: np.rando
     return torch.cat([mask, latents])
 
 
-def clip_target(pictures: PictureSet, index: int, motion: str, latent_frames: int,
-                source: torch.Tensor | None = None, first: torch.Tensor | None = None) -> torch.Tensor:
-    """x0 [16, T, h, w]: the camera move over picture `index` in latent space; frame 0 the exact first latent."""
-    x0 = data.camera_latents(pictures.source[index] if source is None else source[index], motion, latent_frames)
-    x0[:, 0] = pictures.condition[index, :, 0] if first is None else first[index]
-    return x0
+def clip_target(moves: torch.Tensor, index: int, motion: str, latent_frames: int) -> torch.Tensor:
+    """x0 [16, T, h, w]: the first latent_frames of picture `index`'s move (moves as PictureSet.moves)."""
+    return moves[index, data.MOTIONS.index(motion), :, :latent_frames]
 
 
 # ---- stage 2: transformer ----------------------------------------------------------------------------------------
@@ -483,8 +502,11 @@ def flow_loss(model: WanTransformer3DModel, x0, condition, text, tokens, rng: np
     s = sigma.view(batch, 1, 1, 1, 1)
     noisy = (1 - s) * x0 + s * noise
     timestep = torch.floor(sigma * 1000)  # the engine's model_timestep truncates the same way
-    velocity = model(hidden_states=torch.cat([noisy, condition], dim=1), timestep=timestep, encoder_hidden_states=text,
-                     encoder_hidden_states_image=tokens, return_dict=False)[0]
+    # bf16 matmuls, fp32 weights and optimiser: 1.42x the steps per second on this CPU (avx512_bf16, measured)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        velocity = model(hidden_states=torch.cat([noisy, condition], dim=1), timestep=timestep,
+                         encoder_hidden_states=text, encoder_hidden_states_image=tokens, return_dict=False)[0]
+    velocity = velocity.float()
     per_frame = (velocity - (noise - x0)).pow(2).mean(dim=(1, 3, 4))  # [B, T]
     # Latent frame 0 must copy the conditioning picture: at 1/T of a plain mean it is learnt last and stays noisy
     weights = torch.ones(x0.shape[2])
@@ -500,13 +522,13 @@ def motion_odds(progress: float) -> np.ndarray:
     return weights / weights.sum()
 
 
-def _dit_batch(pictures: PictureSet, prompts: Prompts, rng, batch: int, lengths, odds, target=None, first=None):
+def _dit_batch(pictures: PictureSet, prompts: Prompts, rng, batch: int, lengths, odds, moves):
     latent_frames = int(lengths[rng.integers(0, len(lengths))])
     x0, condition, text, tokens = [], [], [], []
     for _ in range(batch):
-        index = int(rng.integers(0, len(pictures.source)))
+        index = int(rng.integers(0, len(pictures.moves)))
         motion = data.MOTIONS[rng.choice(len(data.MOTIONS), p=odds)]
-        x0.append(clip_target(pictures, index, motion, latent_frames, target, first))
+        x0.append(clip_target(moves, index, motion, latent_frames))
         condition.append(condition_latents(pictures.condition[index], latent_frames, rng))
         text.append(_text_for(prompts, motion, rng))
         tokens.append(pictures.image_tokens[index])
@@ -514,8 +536,11 @@ def _dit_batch(pictures: PictureSet, prompts: Prompts, rng, batch: int, lengths,
 
 
 def train_transformer(model, pictures: PictureSet, prompts: Prompts, plan: Plan, seed: int, *, steps: int, lr: float,
-                      lengths, parameters, label: str, target=None, first=None, curriculum=False) -> list[float]:
+                      lengths, parameters, label: str, moves=None, curriculum=False) -> list[float]:
+    """moves: the targets (PictureSet.moves' layout) when not pictures.moves (the LoRA's graded ones)."""
     rng = np.random.default_rng([seed, RANDOM_STREAMS[label]])
+    for parameter in parameters:
+        parameter.requires_grad_(True)
     optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0 if label == "lora" else 0.01)
     shift = default_flow_shift(data.FRAME_W, data.FRAME_H)
     losses = []
@@ -525,7 +550,8 @@ def train_transformer(model, pictures: PictureSet, prompts: Prompts, plan: Plan,
         for group in optimiser.param_groups:
             group["lr"] = _cosine(lr, step, steps)
         odds = motion_odds(step / steps if curriculum else 1.0)
-        x0, condition, text, tokens = _dit_batch(pictures, prompts, rng, plan.dit_batch, lengths, odds, target, first)
+        x0, condition, text, tokens = _dit_batch(pictures, prompts, rng, plan.dit_batch, lengths, odds,
+                                                 pictures.moves if moves is None else moves)
         loss = flow_loss(model, x0, condition, text, tokens, rng, shift)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -672,17 +698,21 @@ def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"], reuse_vae=None, c
         f"VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters")
 
     mark = time.perf_counter()
+    longest = max(plan.latent_lengths + plan.decoder_lengths + plan.lora_lengths)
     if earlier is None:
         record["vae_losses"] = train_vae(vae, pictures, plan, seed)[-50:]
         fold_latent_statistics(vae, encode(vae, pictures[:, :, None], batch=8))
-        record["decoder_losses"] = train_decoder(vae, pictures, plan, seed, lr=plan.lr_decoder)[-50:]
-        save_vae(work, vae)
     else:
         record["vae_reused_from"] = str(earlier)
+    raw_moves = encoded_moves(vae, pictures, longest)  # the encoder is final from here on
+    if earlier is None:
+        record["decoder_losses"] = train_decoder(vae, pictures, raw_moves, plan, seed, lr=plan.lr_decoder)[-50:]
+        save_vae(work, vae)
     if continue_from is not None:  # the whole chain stays on record: what this run started from, and how it was made
         earlier_record = earlier / "training.json"
         record["continued_from"] = json.loads(earlier_record.read_text()) if earlier_record.is_file() else str(earlier)
-        record["decoder_losses"] = train_decoder(vae, pictures, plan, seed, lr=plan.lr_continue, label="continued decoder")[-50:]
+        record["decoder_losses"] = train_decoder(vae, pictures, raw_moves, plan, seed, lr=plan.lr_continue,
+                                                 label="continued decoder")[-50:]
         save_vae(work, vae)
     record["seconds"]["vae"] = time.perf_counter() - mark
 
@@ -691,12 +721,12 @@ def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"], reuse_vae=None, c
     clip, processor = load_clip_vision(work / Path(*MINI_FILES["clip_vision"]))
     models = WanModels(model, vae, encoder, tokenizer, clip, processor)
     prompts = encode_prompts(models)
-    picture_set = precompute(models, pictures)
+    picture_set = precompute(models, pictures, raw_moves)
+    del raw_moves
     record["seconds"]["precompute"] = time.perf_counter() - mark
     log(f"precomputed latents, prompts and CLIP tokens in {record['seconds']['precompute']:.0f} s")
 
     mark = time.perf_counter()
-    model.requires_grad_(True)
     fresh = continue_from is None
     record["transformer_losses"] = train_transformer(
         model, picture_set, prompts, plan, seed, steps=plan.dit_steps, lr=plan.lr_dit if fresh else plan.lr_continue,
@@ -708,14 +738,13 @@ def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"], reuse_vae=None, c
     mark = time.perf_counter()
     count = min(plan.lora_pictures, len(pictures))
     graded = data.sepia(pictures[:count].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-    sepia_source = conditioning.normalise_latents(models, encode(vae, graded[:, :, None]))[:, :, 0]
-    sepia_first = conditioning.normalise_latents(models, encode(vae, first_frames(graded)[:, :, None]))[:, :, 0]
-    subset = PictureSet(picture_set.source[:count], picture_set.condition[:count], picture_set.image_tokens[:count])
+    sepia_moves = _normalise_moves(models, encoded_moves(vae, graded, longest))
+    subset = PictureSet(picture_set.moves[:count], picture_set.condition[:count], picture_set.image_tokens[:count])
     wrapped = add_lora(model, plan.lora_rank, seed + 4)
     parameters = [p for lora in wrapped.values() for p in (lora.down, lora.up)]
     record["lora_losses"] = train_transformer(
         model, subset, prompts, plan, seed, steps=plan.lora_steps, lr=plan.lr_lora, lengths=plan.lora_lengths,
-        parameters=parameters, label="lora", target=sepia_source, first=sepia_first)[-50:]
+        parameters=parameters, label="lora", moves=sepia_moves)[-50:]
     _save(lora_state(wrapped), work / MINI_LORA)
     remove_lora(model, wrapped)
     record["seconds"]["lora"] = time.perf_counter() - mark

@@ -15,7 +15,7 @@ def add_parsers(subparsers):
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--plan", choices=("full", "smoke"), default="full", help="smoke: toy sizes, for tests")
     train.add_argument("--vae-steps", type=int)
-    train.add_argument("--decoder-steps", type=int, help="stage 1b: the VAE decoder on latent camera moves")
+    train.add_argument("--decoder-steps", type=int, help="stage 1b: the VAE decoder on encoded camera moves")
     train.add_argument("--dit-steps", type=int, help="transformer steps")
     train.add_argument("--lora-steps", type=int)
     train.add_argument("--procedural-pictures", type=int)
