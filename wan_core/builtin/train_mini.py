@@ -366,8 +366,8 @@ def train_decoder(vae: AutoencoderKLWan, pictures: torch.Tensor, raw_moves: torc
                   lr: float, label: str = "decoder") -> list[float]:
     """Stage 1b, the decoder alone (the encoder, so the latent space the transformer learns in, stays as it is).
     Even steps decode the camera moves that the transformer is taught (raw_moves, from encoded_moves) into the
-    camera move's real frames, over crops of 4-6 latent frames: the 1+4-frame clips of stage 1 never reach the decoder's later chunks, whose
-    cached state from the chunk before then decoded such latents into washed-out magenta (measured on the first
+    camera move's real frames, over crops of 4-6 latent frames: the 1+4-frame clips of stage 1 never reach the
+    decoder's later chunks, whose cached state from the chunk before then decoded such latents into washed-out magenta (measured on the first
     trained run). Odd steps decode 4 whole first frames: the crops never show the decoder's middle attention a
     whole frame, and 300 such steps raised the first frame of every held-out picture by 0.3-2 dB (measured)."""
     rng = np.random.default_rng([seed, RANDOM_STREAMS[label]])
@@ -457,9 +457,9 @@ def condition_latents(condition: torch.Tensor, latent_frames: int, rng: np.rando
     return torch.cat([mask, latents])
 
 
-def clip_target(moves: torch.Tensor, index: int, motion: str, latent_frames: int) -> torch.Tensor:
-    """x0 [16, T, h, w]: the first latent_frames of picture `index`'s move (moves as PictureSet.moves)."""
-    return moves[index, data.MOTIONS.index(motion), :, :latent_frames]
+def clip_target(pictures: PictureSet, index: int, motion: str, latent_frames: int) -> torch.Tensor:
+    """x0 [16, T, h, w]: the first latent_frames of picture `index`'s move."""
+    return pictures.moves[index, data.MOTIONS.index(motion), :, :latent_frames]
 
 
 # ---- stage 2: transformer ----------------------------------------------------------------------------------------
@@ -522,13 +522,13 @@ def motion_odds(progress: float) -> np.ndarray:
     return weights / weights.sum()
 
 
-def _dit_batch(pictures: PictureSet, prompts: Prompts, rng, batch: int, lengths, odds, moves):
+def _dit_batch(pictures: PictureSet, prompts: Prompts, rng, batch: int, lengths, odds):
     latent_frames = int(lengths[rng.integers(0, len(lengths))])
     x0, condition, text, tokens = [], [], [], []
     for _ in range(batch):
         index = int(rng.integers(0, len(pictures.moves)))
         motion = data.MOTIONS[rng.choice(len(data.MOTIONS), p=odds)]
-        x0.append(clip_target(moves, index, motion, latent_frames))
+        x0.append(clip_target(pictures, index, motion, latent_frames))
         condition.append(condition_latents(pictures.condition[index], latent_frames, rng))
         text.append(_text_for(prompts, motion, rng))
         tokens.append(pictures.image_tokens[index])
@@ -536,8 +536,7 @@ def _dit_batch(pictures: PictureSet, prompts: Prompts, rng, batch: int, lengths,
 
 
 def train_transformer(model, pictures: PictureSet, prompts: Prompts, plan: Plan, seed: int, *, steps: int, lr: float,
-                      lengths, parameters, label: str, moves=None, curriculum=False) -> list[float]:
-    """moves: the targets (PictureSet.moves' layout) when not pictures.moves (the LoRA's graded ones)."""
+                      lengths, parameters, label: str, curriculum=False) -> list[float]:
     rng = np.random.default_rng([seed, RANDOM_STREAMS[label]])
     for parameter in parameters:
         parameter.requires_grad_(True)
@@ -550,8 +549,7 @@ def train_transformer(model, pictures: PictureSet, prompts: Prompts, plan: Plan,
         for group in optimiser.param_groups:
             group["lr"] = _cosine(lr, step, steps)
         odds = motion_odds(step / steps if curriculum else 1.0)
-        x0, condition, text, tokens = _dit_batch(pictures, prompts, rng, plan.dit_batch, lengths, odds,
-                                                 pictures.moves if moves is None else moves)
+        x0, condition, text, tokens = _dit_batch(pictures, prompts, rng, plan.dit_batch, lengths, odds)
         loss = flow_loss(model, x0, condition, text, tokens, rng, shift)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -738,13 +736,14 @@ def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"], reuse_vae=None, c
     mark = time.perf_counter()
     count = min(plan.lora_pictures, len(pictures))
     graded = data.sepia(pictures[:count].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    # the graded moves as targets, conditioned on the ungraded first frame: the LoRA learns the grade
     sepia_moves = _normalise_moves(models, encoded_moves(vae, graded, longest))
-    subset = PictureSet(picture_set.moves[:count], picture_set.condition[:count], picture_set.image_tokens[:count])
+    subset = PictureSet(sepia_moves, picture_set.condition[:count], picture_set.image_tokens[:count])
     wrapped = add_lora(model, plan.lora_rank, seed + 4)
     parameters = [p for lora in wrapped.values() for p in (lora.down, lora.up)]
     record["lora_losses"] = train_transformer(
         model, subset, prompts, plan, seed, steps=plan.lora_steps, lr=plan.lr_lora, lengths=plan.lora_lengths,
-        parameters=parameters, label="lora", moves=sepia_moves)[-50:]
+        parameters=parameters, label="lora")[-50:]
     _save(lora_state(wrapped), work / MINI_LORA)
     remove_lora(model, wrapped)
     record["seconds"]["lora"] = time.perf_counter() - mark
