@@ -18,7 +18,7 @@ Three stages, each on what the previous one made:
 The text encoder (UMT5 + a sentencepiece tokenizer trained on the prompt sentences) and CLIP vision stay frozen at
 their seeded random initialisation: the transformer learns to read them.
 --continue-from DIR trains an earlier run's decoder (1b) and transformer (2) further, then its LoRA afresh: the
-shipped files are one run continued four times (training.json holds the five records).
+shipped files are one run continued four times (training.json holds the five records, each with its plan).
 
 Deterministic for a seed on one machine with the same thread count (CPU only).
 """
@@ -94,7 +94,9 @@ class Plan:
     latent_lengths: tuple[int, ...] = (21, 21, 13, 9)  # drawn per step: 81 frames mostly, shorter for speed
     lora_lengths: tuple[int, ...] = (9, 13)
     lora_pictures: int = 40
-    lr_vae: float = 1.5e-3
+    # 1.5e-3 made the first shipped run's VAE (loss 0.11, another host) but left stage 1 stuck at 0.26 on the AMD
+    # host of 2026-12-03, in two runs; 4e-4 ended at 0.11 there (2 threads; at 1 thread it tracked the same curve)
+    lr_vae: float = 4e-4
     lr_decoder: float = 5e-4
     decoder_lengths: tuple[int, ...] = (4, 6)  # latent frames per clip: 13 or 21 frames
     lr_dit: float = 6e-4
