@@ -283,7 +283,8 @@ def train_vae(vae: AutoencoderKLWan, pictures: torch.Tensor, plan: Plan, seed: i
         losses.append(reconstruction.item())
         if step % 25 == 0 or step == plan.vae_steps - 1:
             mse = F.mse_loss(out.detach(), clip).item()
-            log(f"vae step {step + 1}/{plan.vae_steps} loss {np.mean(losses[-25:]):.4f} psnr {10 * np.log10(4 / mse):.1f}")
+            psnr = 10 * np.log10(4 / mse)
+            log(f"vae step {step + 1}/{plan.vae_steps} loss {np.mean(losses[-25:]):.4f} psnr {psnr:.1f}")
     vae.eval().requires_grad_(False)
     return losses
 
@@ -369,9 +370,10 @@ def train_decoder(vae: AutoencoderKLWan, pictures: torch.Tensor, raw_moves: torc
     """Stage 1b, the decoder alone (the encoder, so the latent space the transformer learns in, stays as it is).
     Even steps decode the camera moves that the transformer is taught (raw_moves, from encoded_moves) into the
     camera move's real frames, over crops of 4-6 latent frames: the 1+4-frame clips of stage 1 never reach the
-    decoder's later chunks, whose cached state from the chunk before then decoded such latents into washed-out magenta (measured on the first
-    trained run). Odd steps decode 4 whole first frames: the crops never show the decoder's middle attention a
-    whole frame, and 300 such steps raised the first frame of every held-out picture by 0.3-2 dB (measured)."""
+    decoder's later chunks, whose cached state from the chunk before then decoded such latents into washed-out
+    magenta (measured on the first trained run). Odd steps decode 4 whole first frames: the crops never show the
+    decoder's middle attention a whole frame, and 300 such steps raised the first frame of every held-out picture
+    by 0.3-2 dB (measured)."""
     rng = np.random.default_rng([seed, RANDOM_STREAMS[label]])
     whole_first = first_frames(pictures)  # [N, 3, FRAME_H, FRAME_W]
     parameters = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
