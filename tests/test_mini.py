@@ -30,7 +30,10 @@ def test_training_script_runs_every_stage_on_a_toy_size_and_its_files_load(tmp_p
     out = tmp_path / "mini"
     record = train_mini(out, seed=3, plan=PLANS["smoke"])
     assert set(record["seconds"]) == {"vae", "precompute", "transformer", "lora", "total"}
-    assert all(np.isfinite(record[f"{stage}_losses"]).all() for stage in ("vae", "transformer", "lora"))
+    stages = ("vae", "curriculum", "transformer", "lora")
+    assert all(np.isfinite(record[f"{stage}_losses"]).all() for stage in stages)
+    # both transformer phases ran: the curriculum on latent moves, then the settling steps on encoded ones
+    assert (len(record["curriculum_losses"]), len(record["transformer_losses"])) == (2, 2)
     paths = mini_model_paths(out)
     video = tmp_path / "toy.mp4"
     # the toy files go through the command line like any ComfyUI-layout files, with the LoRA in the stack
@@ -119,6 +122,25 @@ def test_encoded_moves_are_the_encodings_of_the_frames_the_camera_sees():
         frame = data.camera_frames_at(picture, motion, [data.latent_frame_time(3)])  # [3, 1, H, W]
         alone = encode(vae, frame.transpose(0, 1)[:, :, None])[0, :, 0]
         assert torch.allclose(moves[data.MOTIONS.index(motion), :, 3], alone, atol=1e-5)
+    assert not torch.allclose(moves[0, :, 3], moves[1, :, 3])  # left and right part
+
+
+def test_latent_moves_are_windows_over_the_whole_pictures_latent_after_its_first_frame():
+    from diffusers import AutoencoderKLWan
+
+    from wan_core.builtin.train_mini import encode, first_frames, latent_moves
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=4, z_dim=16).eval()
+    picture = torch.from_numpy(data.procedural_picture(7)).permute(2, 0, 1)  # [3, SOURCE_H, SOURCE_W]
+    moves = latent_moves(vae, picture[None], latent_frames=4)[0]  # [5, 16, 4, h, w]
+    first = encode(vae, first_frames(picture[None])[:, :, None])[0, :, 0]
+    assert all(torch.equal(moves[m, :, 0], first) for m in range(len(data.MOTIONS)))
+    source = encode(vae, picture[None, :, None])[0, :, 0]  # [16, SOURCE_H/8, SOURCE_W/8]
+    top, left = (data.SOURCE_H - data.FRAME_H) // 16, (data.SOURCE_W - data.FRAME_W) // 16
+    centre = source[:, top:top + data.FRAME_H // 8, left:left + data.FRAME_W // 8]  # the frame's window, unmoved
+    still = moves[data.MOTIONS.index("still")]
+    assert all(torch.allclose(still[:, t], centre, atol=1e-5) for t in range(1, 4))
     assert not torch.allclose(moves[0, :, 3], moves[1, :, 3])  # left and right part
 
 

@@ -9,10 +9,11 @@ Three stages, each on what the previous one made:
      schedule (sigma uniform, then shifted by schedule.shift_sigma with default_flow_shift(160, 96) = 3), velocity
      target noise - x0, conditioned as the engine conditions it: UMT5 prompt states padded to 512, CLIP tokens of the
      first frame, and mask + normalised latents of "first frame, then grey". Encoding 81 frames as a video costs
-     ~20 s here, so each camera move is made once per picture from single-frame encodings (encoded_moves): latent
-     frame t is the encoding of the frame the camera sees at the time latent frame t stands for. The moves come
-     in a curriculum (one direction of each pair first, see CURRICULUM) so that the prompt, not the average move,
-     decides the direction.
+     ~20 s here, so the camera moves are made once per picture, two ways. First dit_steps on latent_moves (each
+     latent frame a resampled window over one latent of the whole picture), with the moves in a curriculum (one
+     direction of each pair first, see CURRICULUM) so that the prompt, not the average move, decides the
+     direction; then dit_settle_steps, all moves evenly, on encoded_moves (latent frame t the encoding of the
+     frame the camera sees at the time it stands for), which decode into a steadier slide.
   3. LoRA (rank 8 on every attention and feed-forward Linear of the blocks): the same task with sepia-graded
      targets; saved in ComfyUI's layout (diffusion_model.<original Wan name>.lora_A/lora_B/alpha).
 The text encoder (UMT5 + a sentencepiece tokenizer trained on the prompt sentences) and CLIP vision stay frozen at
@@ -59,7 +60,8 @@ from .mini import MINI_FILES, MINI_LORA
 
 STEP_RANGE = (1, 1_000_000)
 # one random draw sequence per stage (with the seed); a continued stage gets its own, not a replay of the first run's
-RANDOM_STREAMS = {"transformer": 3, "lora": 4, "decoder": 5, "continued transformer": 6, "continued decoder": 7}
+RANDOM_STREAMS = {"transformer": 3, "lora": 4, "decoder": 5, "continued transformer": 6, "continued decoder": 7,
+                  "settling transformer": 8}
 FIRST_FRAME_WEIGHT = 5.0  # latent frame 0's share of the flow loss, against 1 for each later frame
 # Opposite moves (pan left / pan right, zoom in / zoom out) differ only by the prompt. Drawn evenly from the first
 # step, the model settles on their average (a still, blurred video) and never learns to read the direction: it
@@ -83,7 +85,8 @@ class Plan:
     clip_width: int = 64
     lora_rank: int = 8
     vae_steps: int = 2400
-    dit_steps: int = 3000
+    dit_steps: int = 3000  # the curriculum on latent moves (latent_moves)
+    dit_settle_steps: int = 2500  # then all moves evenly on encoded moves, at peak lr_continue
     lora_steps: int = 300
     decoder_steps: int = 500
     procedural_pictures: int = 120
@@ -100,7 +103,7 @@ class Plan:
     lr_decoder: float = 5e-4
     decoder_lengths: tuple[int, ...] = (4, 6)  # latent frames per clip: 13 or 21 frames
     lr_dit: float = 6e-4
-    lr_continue: float = 2e-4  # --continue-from: more steps on a trained transformer, so a lower peak
+    lr_continue: float = 2e-4  # the settling steps and --continue-from: a trained transformer, so a lower peak
     lr_lora: float = 2e-3
 
 
@@ -108,7 +111,7 @@ PLANS = {
     "full": Plan(),
     # every stage on a toy size: what the test runs to check the script still works
     "smoke": Plan(vae_base_dim=4, width=128, layers=1, ffn=128, text_dim=32, text_layers=1, clip_width=32,
-                  lora_rank=2, vae_steps=2, dit_steps=2, lora_steps=2, decoder_steps=2,
+                  lora_rank=2, vae_steps=2, dit_steps=2, dit_settle_steps=2, lora_steps=2, decoder_steps=2,
                   decoder_lengths=(3,), procedural_pictures=2, photo_crops=0, use_photos=False, vae_crop=32,
                   dit_batch=1, latent_lengths=(2,), lora_lengths=(2,), lora_pictures=2),
 }
@@ -348,6 +351,21 @@ def encoded_moves(vae: AutoencoderKLWan, pictures: torch.Tensor, latent_frames: 
     return moves
 
 
+@torch.no_grad()
+def latent_moves(vae: AutoencoderKLWan, pictures: torch.Tensor, latent_frames: int) -> torch.Tensor:
+    """encoded_moves' layout, made the cheap way: latent frame t the camera's window over one latent of the whole
+    picture (mini_data.camera_latents), frame 0 the first frame's own encoding. Every move is an exact resampling
+    of one latent, so its direction is the easiest to learn: fresh runs that began with 3000 steps on these read
+    10 to 12 of the 12 held-out pans the right way, with two different VAEs, where 5000 steps on encoded moves read
+    3 of 10 (BENCHMARKS.md). They decode in 8 px steps, so the transformer then settles on encoded moves."""
+    source = encode(vae, pictures[:, :, None], batch=8)[:, :, 0]  # [N, 16, SOURCE_H/8, SOURCE_W/8]
+    first = encode(vae, first_frames(pictures)[:, :, None], batch=8)[:, :, 0]  # [N, 16, FRAME_H/8, FRAME_W/8]
+    moves = torch.stack([torch.stack([data.camera_latents(latent, motion, latent_frames) for motion in data.MOTIONS])
+                         for latent in source])  # [N, len(MOTIONS), 16, T, FRAME_H/8, FRAME_W/8]
+    moves[:, :, :, 0] = first[:, None]
+    return moves
+
+
 def _decoder_clip_batch(raw_moves, pictures, plan: Plan, rng):
     """(latents [2, 16, T, c, c], frames [2, 3, 4T-3, 8c, 8c] in -1..1): encoded camera moves and their real frames,
     cropped to c = vae_crop / 8 latent pixels."""
@@ -413,7 +431,7 @@ def train_decoder(vae: AutoencoderKLWan, pictures: torch.Tensor, raw_moves: torc
 class PictureSet:
     """Everything the transformer is trained on for each picture, normalised as the engine normalises."""
 
-    moves: torch.Tensor  # [N, len(MOTIONS), 16, T, FRAME_H/8, FRAME_W/8]: encoded_moves, normalised
+    moves: torch.Tensor  # [N, len(MOTIONS), 16, T, FRAME_H/8, FRAME_W/8]: encoded_moves or latent_moves, normalised
     condition: torch.Tensor  # [N, 16, 4, FRAME_H/8, FRAME_W/8]: latents of "first frame, then grey"
     image_tokens: torch.Tensor  # [N, 17, clip_width]: CLIP tokens of the first frame
 
@@ -674,7 +692,8 @@ def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"], reuse_vae=None, c
             which = "continue_from" if continue_from is not None else "reuse_vae"
             raise WanInputError(f"{which}={str(earlier)!r} lacks the {missing} files of a train-mini run")
     check_arguments(out, {"vae_steps": plan.vae_steps, "decoder_steps": plan.decoder_steps,
-                          "dit_steps": plan.dit_steps, "lora_steps": plan.lora_steps})
+                          "dit_steps": plan.dit_steps, "dit_settle_steps": plan.dit_settle_steps,
+                          "lora_steps": plan.lora_steps})
     torch.manual_seed(seed)
     work = out.with_name(out.name + ".partial")  # written there, renamed at the end: no half-made output folder
     if work.exists():
@@ -729,11 +748,20 @@ def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"], reuse_vae=None, c
     log(f"precomputed latents, prompts and CLIP tokens in {record['seconds']['precompute']:.0f} s")
 
     mark = time.perf_counter()
-    fresh = continue_from is None
-    record["transformer_losses"] = train_transformer(
-        model, picture_set, prompts, plan, seed, steps=plan.dit_steps, lr=plan.lr_dit if fresh else plan.lr_continue,
-        lengths=plan.latent_lengths, parameters=list(model.parameters()),
-        label="transformer" if fresh else "continued transformer", curriculum=fresh)[-50:]
+    parameters = list(model.parameters())
+    if continue_from is None:
+        latent_set = replace(picture_set, moves=_normalise_moves(models, latent_moves(vae, pictures, longest)))
+        record["curriculum_losses"] = train_transformer(
+            model, latent_set, prompts, plan, seed, steps=plan.dit_steps, lr=plan.lr_dit, lengths=plan.latent_lengths,
+            parameters=parameters, label="transformer", curriculum=True)[-50:]
+        del latent_set
+        record["transformer_losses"] = train_transformer(
+            model, picture_set, prompts, plan, seed, steps=plan.dit_settle_steps, lr=plan.lr_continue,
+            lengths=plan.latent_lengths, parameters=parameters, label="settling transformer")[-50:]
+    else:
+        record["transformer_losses"] = train_transformer(
+            model, picture_set, prompts, plan, seed, steps=plan.dit_steps, lr=plan.lr_continue,
+            lengths=plan.latent_lengths, parameters=parameters, label="continued transformer")[-50:]
     save_transformer(work, model)
     record["seconds"]["transformer"] = time.perf_counter() - mark
 
@@ -764,8 +792,8 @@ def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"], reuse_vae=None, c
 def run(args) -> int:
     """The train-mini command (arguments from cli/mini.py)."""
     plan = PLANS[args.plan]
-    overrides = {name: getattr(args, name) for name in ("vae_steps", "decoder_steps", "dit_steps", "lora_steps",
-                                                        "procedural_pictures") if getattr(args, name) is not None}
+    names = ("vae_steps", "decoder_steps", "dit_steps", "dit_settle_steps", "lora_steps", "procedural_pictures")
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     plan = replace(plan, **overrides)
     torch.set_num_threads(args.threads)
     train_mini(args.out, args.seed, plan, reuse_vae=args.reuse_vae, continue_from=args.continue_from)

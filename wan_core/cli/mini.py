@@ -16,7 +16,9 @@ def add_parsers(subparsers):
     train.add_argument("--plan", choices=("full", "smoke"), default="full", help="smoke: toy sizes, for tests")
     train.add_argument("--vae-steps", type=int)
     train.add_argument("--decoder-steps", type=int, help="stage 1b: the VAE decoder on encoded camera moves")
-    train.add_argument("--dit-steps", type=int, help="transformer steps")
+    train.add_argument("--dit-steps", type=int, help="transformer steps: the curriculum on latent moves (with "
+                       "--continue-from: the continued steps)")
+    train.add_argument("--dit-settle-steps", type=int, help="transformer steps after the curriculum, on encoded moves")
     train.add_argument("--lora-steps", type=int)
     train.add_argument("--procedural-pictures", type=int)
     train.add_argument("--reuse-vae", metavar="DIR", help="skip stage 1: take the VAE and the frozen encoders from "
