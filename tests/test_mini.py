@@ -105,16 +105,24 @@ def test_the_motion_curriculum_adds_the_opposite_moves_gradually_then_draws_all_
     assert np.allclose(motion_odds(1.0), 1 / len(data.MOTIONS))
 
 
-def test_encoded_moves_are_the_encodings_of_the_frames_the_camera_sees():
+@pytest.fixture
+def toy_vae_and_picture():
+    """(a random toy VAE, a procedural picture [3, SOURCE_H, SOURCE_W], its first frame's latent [16, h, w])"""
     from diffusers import AutoencoderKLWan
 
-    from wan_core.builtin.train_mini import encode, encoded_moves, first_frames
+    from wan_core.builtin.train_mini import encode, first_frames
 
     torch.manual_seed(0)
     vae = AutoencoderKLWan(base_dim=4, z_dim=16).eval()
-    picture = torch.from_numpy(data.procedural_picture(7)).permute(2, 0, 1)  # [3, SOURCE_H, SOURCE_W]
+    picture = torch.from_numpy(data.procedural_picture(7)).permute(2, 0, 1)
+    return vae, picture, encode(vae, first_frames(picture[None])[:, :, None])[0, :, 0]
+
+
+def test_encoded_moves_are_the_encodings_of_the_frames_the_camera_sees(toy_vae_and_picture):
+    from wan_core.builtin.train_mini import encode, encoded_moves
+
+    vae, picture, first = toy_vae_and_picture
     moves = encoded_moves(vae, picture[None], latent_frames=4)[0]  # [5, 16, 4, h, w]
-    first = encode(vae, first_frames(picture[None])[:, :, None])[0, :, 0]
     assert all(torch.equal(moves[m, :, 0], first) for m in range(len(data.MOTIONS)))
     still = moves[data.MOTIONS.index("still")]
     assert torch.equal(still, first[:, None].expand_as(still))
@@ -125,16 +133,11 @@ def test_encoded_moves_are_the_encodings_of_the_frames_the_camera_sees():
     assert not torch.allclose(moves[0, :, 3], moves[1, :, 3])  # left and right part
 
 
-def test_latent_moves_are_windows_over_the_whole_pictures_latent_after_its_first_frame():
-    from diffusers import AutoencoderKLWan
+def test_latent_moves_are_windows_over_the_whole_pictures_latent_after_its_first_frame(toy_vae_and_picture):
+    from wan_core.builtin.train_mini import encode, latent_moves
 
-    from wan_core.builtin.train_mini import encode, first_frames, latent_moves
-
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=4, z_dim=16).eval()
-    picture = torch.from_numpy(data.procedural_picture(7)).permute(2, 0, 1)  # [3, SOURCE_H, SOURCE_W]
+    vae, picture, first = toy_vae_and_picture
     moves = latent_moves(vae, picture[None], latent_frames=4)[0]  # [5, 16, 4, h, w]
-    first = encode(vae, first_frames(picture[None])[:, :, None])[0, :, 0]
     assert all(torch.equal(moves[m, :, 0], first) for m in range(len(data.MOTIONS)))
     source = encode(vae, picture[None, :, None])[0, :, 0]  # [16, SOURCE_H/8, SOURCE_W/8]
     top, left = (data.SOURCE_H - data.FRAME_H) // 16, (data.SOURCE_W - data.FRAME_W) // 16
