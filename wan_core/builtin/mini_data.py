@@ -211,8 +211,8 @@ def camera_frames_at(source: torch.Tensor, motion: str, times: list[float]) -> t
 
 def camera_latents(source_latent: torch.Tensor, motion: str, latent_frames: int) -> torch.Tensor:
     """source latent [C, SOURCE_H/8, SOURCE_W/8] -> [C, latent_frames, FRAME_H/8, FRAME_W/8]: the camera move
-    applied in latent space, one window per latent frame at the time it stands for. Training used these before
-    train_mini.encoded_moves; bench/bench_mini_vae_motion.py shows why they step."""
+    applied in latent space, one window per latent frame at the time it stands for: the targets of the
+    transformer's first phase (train_mini.latent_moves); bench/bench_mini_vae_motion.py shows why they step."""
     channels, height, width = source_latent.shape
     times = [latent_frame_time(t) for t in range(latent_frames)]
     grid = camera_grid(motion, times, width, height, FRAME_W // 8, FRAME_H // 8, scale=8)
