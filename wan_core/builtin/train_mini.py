@@ -101,7 +101,7 @@ class Plan:
     # host of 2026-12-03, in two runs; 4e-4 ended at 0.11 there (2 threads; at 1 thread it tracked the same curve)
     lr_vae: float = 4e-4
     # also --continue-from's decoder: at lr_continue it had stopped gaining, while 1000 more whole-first-frame steps
-    # at this peak raised the held-out first-frame ceiling (encode then decode) by 0.1-0.3 dB, coffee 21.79 -> 22.01
+    # at this peak raised the held-out first-frame ceiling (encode then decode) by 0.2-1.0 dB, coffee 21.79 -> 22.01
     lr_decoder: float = 5e-4
     decoder_lengths: tuple[int, ...] = (4, 6)  # latent frames per clip: 13 or 21 frames
     lr_dit: float = 6e-4
