@@ -62,7 +62,9 @@ STEP_RANGE = (1, 1_000_000)
 # one random draw sequence per stage (with the seed); a continued stage gets its own, not a replay of the first run's
 RANDOM_STREAMS = {"transformer": 3, "lora": 4, "decoder": 5, "continued transformer": 6, "continued decoder": 7,
                   "settling transformer": 8}
-FIRST_FRAME_WEIGHT = 5.0  # latent frame 0's share of the flow loss, against 1 for each later frame
+# latent frame 0's share of the flow loss, against 1 for each later frame. A fresh run at 20 copied frame 0 twice as
+# well but the prompt stopped steering the pans: frame 0 was half the loss at 81 frames (BENCHMARKS.md)
+FIRST_FRAME_WEIGHT = 5.0
 # Opposite moves (pan left / pan right, zoom in / zoom out) differ only by the prompt. Drawn evenly from the first
 # step, the model settles on their average (a still, blurred video) and never learns to read the direction: it
 # stayed there through 800 more steps of left and right pans (measured). So the transformer first learns one
