@@ -147,6 +147,24 @@ def test_latent_moves_are_windows_over_the_whole_pictures_latent_after_its_first
     assert not torch.allclose(moves[0, :, 3], moves[1, :, 3])  # left and right part
 
 
+def test_training_conditions_are_the_engines_first_frame_conditions(mini_i2v):
+    """The grey condition latents the transformer trains on are the ones the engine feeds it at every length: per
+    picture up to GREY_HEAD, past it the latents the grey clip settles on."""
+    from wan_core.builtin.train_mini import GREY_HEAD, first_frames, precompute
+    from wan_core.sampling.conditioning import first_frame_condition
+
+    latent_frames = GREY_HEAD + 3
+    pictures = torch.stack([torch.from_numpy(data.procedural_picture(s)).permute(2, 0, 1) for s in range(5)])
+    raw_moves = torch.zeros(5, len(data.MOTIONS), 16, latent_frames, data.FRAME_H // 8, data.FRAME_W // 8)
+    condition = precompute(mini_i2v, pictures, raw_moves).condition  # [5, 16, T, h, w]
+    engine = torch.cat([first_frame_condition(mini_i2v, frame.permute(1, 2, 0), 1 + 4 * (latent_frames - 1))
+                        for frame in first_frames(pictures)])[:, 4:]  # [5, 16, T, h, w]
+    assert condition.shape == engine.shape
+    assert torch.allclose(condition[:, :, :GREY_HEAD], engine[:, :, :GREY_HEAD], atol=1e-3)
+    settled = engine[:4, :, GREY_HEAD:].mean(0)
+    assert all(torch.allclose(c, settled, atol=1e-3) for c in condition[:, :, GREY_HEAD:])
+
+
 @pytest.mark.parametrize("steps", ["0", "-3"])
 def test_training_refuses_a_bad_step_count_before_any_work(tmp_path, steps, capsys):
     out = tmp_path / "new"

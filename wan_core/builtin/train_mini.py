@@ -72,6 +72,7 @@ FIRST_FRAME_WEIGHT = 5.0
 ONE_DIRECTION = ("pan_left", "zoom_in", "still")
 CURRICULUM = (0.4, 0.75)  # share of the steps: one direction until the first, even from the second
 TEXT_EMBEDDER_GAIN = 4.0  # see transformer()
+GREY_HEAD = 7  # condition latents encoded per picture; see precompute()
 
 
 @dataclass(frozen=True)
@@ -379,7 +380,7 @@ def _decoder_clip_batch(raw_moves, pictures, plan: Plan, rng):
     for _ in range(2):
         index, kind = int(rng.integers(0, len(pictures))), int(rng.integers(0, len(data.MOTIONS)))
         latent = raw_moves[index, kind, :, :latent_frames]  # [16, T, FRAME_H/8, FRAME_W/8]
-        clip = data.camera_frames(pictures[index], data.MOTIONS[kind], 4 * latent_frames - 3)  # [3, frames, H, W]
+        clip = data.camera_frames(pictures[index], data.MOTIONS[kind], latent_clip_frames(latent_frames))  # [3, frames, H, W]
         top = int(rng.integers(0, data.FRAME_H // 8 - crop + 1))
         left = int(rng.integers(0, data.FRAME_W // 8 - crop + 1))
         latents.append(latent[:, :, top:top + crop, left:left + crop])
@@ -436,8 +437,13 @@ class PictureSet:
     """Everything the transformer is trained on for each picture, normalised as the engine normalises."""
 
     moves: torch.Tensor  # [N, len(MOTIONS), 16, T, FRAME_H/8, FRAME_W/8]: encoded_moves or latent_moves, normalised
-    condition: torch.Tensor  # [N, 16, 4, FRAME_H/8, FRAME_W/8]: latents of "first frame, then grey"
+    condition: torch.Tensor  # [N, 16, T, FRAME_H/8, FRAME_W/8]: latents of "first frame, then grey"
     image_tokens: torch.Tensor  # [N, 17, clip_width]: CLIP tokens of the first frame
+
+
+def latent_clip_frames(latent_frames: int) -> int:
+    """Video frames whose encoding has latent_frames latents (the causal VAE: 1 + 4 per later latent)."""
+    return 1 + 4 * (latent_frames - 1)
 
 
 def condition_clip(frames: torch.Tensor, total: int) -> torch.Tensor:
@@ -451,16 +457,25 @@ def precompute(models: WanModels, pictures: torch.Tensor, raw_moves: torch.Tenso
     vae = models.vae
     moves = _normalise_moves(models, raw_moves)
     frames = first_frames(pictures)
-    # Latents 0 and 1 of "first frame, then grey" exactly, per picture (5 frames). Latents 2 and 3 (past them the
-    # grey clip's latents repeat) vary little with the picture but cost 13 frames each to encode here: they come
-    # from a few pictures' mean, and training adds noise to every condition latent after the first (see
-    # condition_latents) so that the model learns not to rely on them.
-    head = conditioning.normalise_latents(models, encode(vae, condition_clip(frames, 5)))
-    long = conditioning.normalise_latents(models, encode(vae, condition_clip(frames[:4], 13)))
-    tail = long[:, :, 2:4].mean(0, keepdim=True)
-    log(f"grey condition latents 2-3: spread across pictures {float((long[:, :, 2:4] - tail).abs().max()):.3f} "
-        f"(latent 1 spread {float((head[:, :, 1] - head[:, :, 1].mean(0)).abs().max()):.3f})")
-    condition = torch.cat([head, tail.expand(len(pictures), -1, -1, -1, -1)], dim=2)
+    latent_frames = moves.shape[3]
+    # The condition is "first frame, then grey", encoded. Over the grey latents the causal VAE forgets the picture
+    # and settles on one latent, after a number of latents and at a place that depend on the VAE: a fresh stage 1's
+    # still depends on the picture at latent 6 (RMS 0.23 across pictures, 0.10 at 7) and settles 1.55 RMS from its
+    # latents 2-3, which this condition once repeated. Trained on those, a fresh transformer's 81-frame copy of frame
+    # 0 was off by 0.44 RMS; on these, 0.27 (bench_mini_copy). So: GREY_HEAD latents per picture exactly, the rest
+    # the mean of a few pictures' whole-length encodings (every picture's whole length would cost ~4 min here).
+    # Training adds noise to every condition latent after the first (condition_latents), so that the model
+    # learns not to rely on them.
+    head = conditioning.normalise_latents(
+        models, encode(vae, condition_clip(frames, latent_clip_frames(min(GREY_HEAD, latent_frames)))))
+    condition = head
+    if latent_frames > GREY_HEAD:
+        long = conditioning.normalise_latents(
+            models, encode(vae, condition_clip(frames[:4], latent_clip_frames(latent_frames))))
+        tail = long[:, :, GREY_HEAD:].mean(0, keepdim=True)
+        spread = (long[:, :, GREY_HEAD] - tail[:, :, 0]).pow(2).mean().sqrt()
+        log(f"grey condition latent {GREY_HEAD}: RMS {float(spread):.3f} across pictures (0 once forgotten)")
+        condition = torch.cat([head, tail.expand(len(pictures), -1, -1, -1, -1)], dim=2)
     tokens = torch.cat([conditioning.encode_image_tokens(models, frame.permute(1, 2, 0)) for frame in frames])
     return PictureSet(moves, condition, tokens)
 
@@ -472,7 +487,7 @@ def _normalise_moves(models: WanModels, raw_moves: torch.Tensor) -> torch.Tensor
 
 def condition_latents(condition: torch.Tensor, latent_frames: int, rng: np.random.Generator | None = None,
                       noise: float = 0.5) -> torch.Tensor:
-    """[16, 4, h, w] -> [4 + 16, T, h, w]: the engine's mask (all 4 channels 1 on latent frame 0) then the
+    """[16, T, h, w] -> [4 + 16, T, h, w]: the engine's mask (all 4 channels 1 on latent frame 0) then the
     condition latents, the last one repeated to length; with rng, noise on the grey latents (1 on)."""
     picks = [min(t, condition.shape[1] - 1) for t in range(latent_frames)]
     latents = condition[:, picks].clone()
