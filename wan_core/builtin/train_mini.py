@@ -380,7 +380,8 @@ def _decoder_clip_batch(raw_moves, pictures, plan: Plan, rng):
     for _ in range(2):
         index, kind = int(rng.integers(0, len(pictures))), int(rng.integers(0, len(data.MOTIONS)))
         latent = raw_moves[index, kind, :, :latent_frames]  # [16, T, FRAME_H/8, FRAME_W/8]
-        clip = data.camera_frames(pictures[index], data.MOTIONS[kind], latent_clip_frames(latent_frames))  # [3, frames, H, W]
+        frames = latent_clip_frames(latent_frames)
+        clip = data.camera_frames(pictures[index], data.MOTIONS[kind], frames)  # [3, frames, H, W]
         top = int(rng.integers(0, data.FRAME_H // 8 - crop + 1))
         left = int(rng.integers(0, data.FRAME_W // 8 - crop + 1))
         latents.append(latent[:, :, top:top + crop, left:left + crop])
