@@ -147,6 +147,41 @@ def test_latent_moves_are_windows_over_the_whole_pictures_latent_after_its_first
     assert not torch.allclose(moves[0, :, 3], moves[1, :, 3])  # left and right part
 
 
+def test_balanced_gains_keep_a_frames_spread_through_every_layer_on_the_fresh_vaes_path():
+    from diffusers import AutoencoderKLWan
+
+    from wan_core.builtin.train_mini import balance_signal_gains, zero_residual_branches
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=4, z_dim=16)
+    zero_residual_branches(vae)
+    frames = torch.stack([torch.from_numpy(data.procedural_picture(s, 64, 48)).permute(2, 0, 1) for s in (1, 2)])
+    frames = frames[:, :, None] * 2 - 1  # [2, 3, 1, 48, 64]
+    convs = {name: m for name, m in vae.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))}
+    vae.decode(vae.encode(frames).latent_dist.mean).sample.sum().backward()
+    # the path: the layers the decoded frame depends on (the residual and attention branches' last layers are zero,
+    # so what comes before them in the branch gets no gradient)
+    path = {name for name, m in convs.items() if m.weight.grad is not None and m.weight.grad.abs().sum() > 0
+            and m.weight.abs().sum() > 0}
+    assert {"encoder.conv_in", "encoder.conv_out", "decoder.conv_in", "decoder.conv_out"} <= path
+    before = {name: m.weight.detach().clone() for name, m in convs.items()}
+
+    def ratios():  # output spread / input spread of each layer on the path, about each channel's mean
+        seen = {}
+        hooks = [convs[n].register_forward_hook(lambda _, i, o, n=n: seen.__setitem__(n, (i[0], o))) for n in path]
+        with torch.no_grad():
+            vae.decode(vae.encode(frames).latent_dist.mean)
+        for hook in hooks:
+            hook.remove()
+        centred = {n: [t - t.mean(dim=[0, *range(2, t.dim())], keepdim=True) for t in pair] for n, pair in seen.items()}
+        return {n: (y.std() / x.std()).item() for n, (x, y) in centred.items()}
+
+    assert min(ratios().values()) < 0.7  # PyTorch's initialisation shrinks the signal
+    balance_signal_gains(vae, frames)
+    assert all(abs(r - 1) < 1e-3 for r in ratios().values())
+    assert all(torch.equal(m.weight, before[n]) for n, m in convs.items() if n not in path)
+
+
 def test_training_conditions_are_the_engines_first_frame_conditions(mini_i2v):
     """The grey condition latents the transformer trains on are the ones the engine feeds it at every length: per
     picture up to GREY_HEAD, past it the latents the grey clip settles on."""
