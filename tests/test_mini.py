@@ -182,6 +182,48 @@ def test_balanced_gains_keep_a_frames_spread_through_every_layer_on_the_fresh_va
     assert all(torch.equal(m.weight, before[n]) for n, m in convs.items() if n not in path)
 
 
+def test_compiled_training_steps_compute_what_eager_steps_do():
+    from dataclasses import replace
+
+    from diffusers import AutoencoderKLWan
+
+    from wan_core.builtin.train_mini import compile_blocks, compiled, flow_loss, transformer
+
+    plan = replace(PLANS["smoke"], compiled=True)
+
+    def loss_and_grads(function, module, *inputs):
+        module.zero_grad()
+        loss = function(*inputs)
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=4, z_dim=16)
+    frames = torch.rand(2, 3, 1, 32, 32) * 2 - 1
+
+    def reconstruction(x):  # as stage 1 trains: encode, decode, the distance to the frames
+        return (vae.decode(vae.encode(x).latent_dist.mean).sample - x).pow(2).mean()
+
+    eager = loss_and_grads(reconstruction, vae, frames)
+    fused = loss_and_grads(compiled(reconstruction, plan), vae, frames)
+    assert fused[0] == pytest.approx(eager[0], rel=1e-4)
+    assert (fused[1] - eager[1]).norm() < 1e-3 * eager[1].norm()
+
+    model = transformer(plan)
+    x0, condition = torch.randn(1, 16, 2, 4, 4), torch.randn(1, 20, 2, 4, 4)
+    text, tokens = torch.randn(1, 512, plan.text_dim), torch.randn(1, 17, plan.clip_width)
+
+    def step():  # the same noise and sigma each time
+        return flow_loss(model, x0, condition, text, tokens, np.random.default_rng(0), 3.0)
+
+    eager = loss_and_grads(step, model)
+    compile_blocks(model, plan)
+    fused = loss_and_grads(step, model)
+    # bf16 autocast in both: inductor may round its fused casts in another order
+    assert fused[0] == pytest.approx(eager[0], rel=2e-2)
+    assert (fused[1] - eager[1]).norm() < 5e-2 * eager[1].norm()
+
+
 def test_training_conditions_are_the_engines_first_frame_conditions(mini_i2v):
     """The grey condition latents the transformer trains on are the ones the engine feeds it at every length: per
     picture up to GREY_HEAD, past it the latents the grey clip settles on."""

@@ -87,11 +87,11 @@ class Plan:
     text_layers: int = 2
     clip_width: int = 64
     lora_rank: int = 8
-    vae_steps: int = 2400
+    vae_steps: int = 3600  # and decoder_steps: 2400 and 500 before compiled(), in about the same minutes
     dit_steps: int = 3000  # the curriculum on latent moves (latent_moves)
     dit_settle_steps: int = 2500  # then all moves evenly on encoded moves, at peak lr_continue
     lora_steps: int = 300
-    decoder_steps: int = 500
+    decoder_steps: int = 1500
     procedural_pictures: int = 120
     photo_crops: int = 3  # random crops per training photo
     use_photos: bool = True
@@ -110,6 +110,7 @@ class Plan:
     lr_dit: float = 6e-4
     lr_continue: float = 2e-4  # the settling steps and --continue-from: a trained transformer, so a lower peak
     lr_lora: float = 2e-3
+    compiled: bool = True  # the training steps through torch.compile: see compiled()
 
 
 PLANS = {
@@ -118,8 +119,24 @@ PLANS = {
     "smoke": Plan(vae_base_dim=4, width=128, layers=1, ffn=128, text_dim=32, text_layers=1, clip_width=32,
                   lora_rank=2, vae_steps=2, dit_steps=2, dit_settle_steps=2, lora_steps=2, decoder_steps=2,
                   decoder_lengths=(3,), procedural_pictures=2, photo_crops=0, use_photos=False, vae_crop=32,
-                  dit_batch=1, latent_lengths=(2,), lora_lengths=(2,), lora_pictures=2),
+                  dit_batch=1, latent_lengths=(2,), lora_lengths=(2,), lora_pictures=2, compiled=False),
 }
+
+
+def compiled(function, plan: Plan):
+    """`function` through torch.compile, one graph per input shape, where the plan asks for it. On the CPU most of
+    a training step of these small models is elementwise work (the VAE's RMS norms and SiLUs, the transformer's
+    casts and modulation) that inductor fuses: stage 1's steps ran 1.9-2.1x and the transformer's 1.3-1.4x faster,
+    for 40-90 s of compiling per shape (bench/bench_train_step.py, BENCHMARKS.md). dynamic=False: with shapes marked
+    dynamic after a recompilation, inductor failed on the VAE's strided convolutions (torch 2.13)."""
+    return torch.compile(function, dynamic=False) if plan.compiled else function
+
+
+def compile_blocks(model: WanTransformer3DModel, plan: Plan):
+    """The transformer's blocks through torch.compile (see compiled()), in place, so the state dict keeps its names."""
+    if plan.compiled:
+        for block in model.blocks:
+            block.compile(dynamic=False)
 
 
 def log(message: str):
@@ -291,6 +308,8 @@ def train_vae(vae: AutoencoderKLWan, pictures: torch.Tensor, plan: Plan, seed: i
     zero_residual_branches(vae)
     balance_signal_gains(vae, first_frames(pictures[:8])[:, :, None] * 2 - 1)
     code_of = PatchCode(pictures)
+    encode_mean = compiled(lambda clip: vae.encode(clip).latent_dist.mean, plan)
+    decode = compiled(lambda latents: vae.decode(latents).sample, plan)
     optimiser = torch.optim.AdamW(vae.parameters(), lr=plan.lr_vae, weight_decay=0.0)
     losses = []
     vae.train()
@@ -298,8 +317,8 @@ def train_vae(vae: AutoencoderKLWan, pictures: torch.Tensor, plan: Plan, seed: i
         for group in optimiser.param_groups:
             group["lr"] = _cosine(plan.lr_vae, step, plan.vae_steps)
         clip, still = _vae_batch(pictures, rng, step, plan.vae_crop)
-        mu = vae.encode(clip).latent_dist.mean  # [B, 16, T_lat, h/8, w/8]
-        out = vae.decode(mu).sample
+        mu = encode_mean(clip)  # [B, 16, T_lat, h/8, w/8]
+        out = decode(mu)
         reconstruction = F.l1_loss(out, clip) + F.mse_loss(out, clip)
         loss = reconstruction
         # guidance by the patch code fades out over the first half: then plain reconstruction takes over (its
@@ -307,7 +326,7 @@ def train_vae(vae: AutoencoderKLWan, pictures: torch.Tensor, plan: Plan, seed: i
         guide = max(0.0, 1.0 - 2.0 * step / plan.vae_steps)
         if guide > 0:
             code = code_of(clip)
-            loss = loss + guide * (F.mse_loss(mu, code) + F.mse_loss(vae.decode(code).sample, clip))
+            loss = loss + guide * (F.mse_loss(mu, code) + F.mse_loss(decode(code), clip))
         loss = loss + 1e-4 * mu.pow(2).mean()
         if still:  # the chunk after a still first frame must encode like it (latent-space camera moves rely on it)
             loss = loss + 0.1 * F.mse_loss(mu[:, :, 1:], mu[:, :, :1].expand_as(mu[:, :, 1:]))
@@ -432,6 +451,7 @@ def train_decoder(vae: AutoencoderKLWan, pictures: torch.Tensor, raw_moves: torc
     for parameter in parameters:
         parameter.requires_grad_(True)
     optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    decode = compiled(lambda latents: vae.decode(latents).sample, plan)
     losses = []
     vae.train()
     for step in range(plan.decoder_steps):
@@ -442,7 +462,7 @@ def train_decoder(vae: AutoencoderKLWan, pictures: torch.Tensor, raw_moves: torc
         else:
             chosen = torch.from_numpy(rng.integers(0, len(pictures), 4))
             latents, target = raw_moves[chosen, 0, :, :1], whole_first[chosen][:, :, None] * 2 - 1
-        out = vae.decode(latents).sample
+        out = decode(latents)
         loss = F.l1_loss(out, target) + F.mse_loss(out, target)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -762,6 +782,7 @@ def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"], reuse_vae=None, c
         vae = load_vae(work / Path(*MINI_FILES["vae"]))
     torch.manual_seed(seed + 3)
     model = transformer(plan) if continue_from is None else load_transformer(earlier / Path(*MINI_FILES["i2v"]))
+    compile_blocks(model, plan)
     pictures = training_pictures(plan, seed)
     log(f"{len(pictures)} training pictures; transformer {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, "
         f"VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters")
