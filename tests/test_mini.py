@@ -133,6 +133,18 @@ def test_encoded_moves_are_the_encodings_of_the_frames_the_camera_sees(toy_vae_a
     assert not torch.allclose(moves[0, :, 3], moves[1, :, 3])  # left and right part
 
 
+def test_encoded_moves_through_the_compiled_encoder_are_the_eager_ones(toy_vae_and_picture):
+    from dataclasses import replace
+
+    from wan_core.builtin.train_mini import compiled, encoded_moves, latent_means
+
+    vae, picture, _ = toy_vae_and_picture
+    latents_of = compiled(latent_means(vae), replace(PLANS["smoke"], compiled=True))
+    eager = encoded_moves(vae, picture[None], latent_frames=3)
+    fused = encoded_moves(vae, picture[None], latent_frames=3, latents_of=latents_of)
+    assert (fused - eager).norm() < 1e-4 * eager.norm()
+
+
 def test_latent_moves_are_windows_over_the_whole_pictures_latent_after_its_first_frame(toy_vae_and_picture):
     from wan_core.builtin.train_mini import encode, latent_moves
 

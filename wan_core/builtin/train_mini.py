@@ -308,7 +308,7 @@ def train_vae(vae: AutoencoderKLWan, pictures: torch.Tensor, plan: Plan, seed: i
     zero_residual_branches(vae)
     balance_signal_gains(vae, first_frames(pictures[:8])[:, :, None] * 2 - 1)
     code_of = PatchCode(pictures)
-    encode_mean = compiled(lambda clip: vae.encode(clip).latent_dist.mean, plan)
+    encode_mean = compiled(latent_means(vae), plan)
     decode = compiled(lambda latents: vae.decode(latents).sample, plan)
     optimiser = torch.optim.AdamW(vae.parameters(), lr=plan.lr_vae, weight_decay=0.0)
     losses = []
@@ -349,15 +349,22 @@ def _cosine(peak: float, step: int, total: int, warmup: int = 20) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
 
 
+def latent_means(vae: AutoencoderKLWan):
+    """The VAE's encoder as a function: clips [B, 3, T, H, W] in -1..1 -> raw latent means [B, 16, T_lat, ...]."""
+    return lambda clips: vae.encode(clips).latent_dist.mean
+
+
 @torch.no_grad()
-def encode(vae: AutoencoderKLWan, clips: torch.Tensor, batch: int = 4) -> torch.Tensor:
+def encode(vae: AutoencoderKLWan, clips: torch.Tensor, batch: int = 4, latents_of=None) -> torch.Tensor:
     """[N, 3, T, H, W] in 0..1 -> raw latent means [N, 16, T_lat, H/8, W/8], several at once (PyTorch's CPU conv3d
-    takes its fast oneDNN path only for batches above one, so even one clip goes in twice)."""
+    takes its fast oneDNN path only for batches above one, so even one clip goes in twice). latents_of: latent_means
+    of the VAE, or that through compiled()."""
+    latents_of = latents_of or latent_means(vae)
     out = []
     for start in range(0, len(clips), batch):
         chunk = clips[start:start + batch] * 2 - 1
         padded = torch.cat([chunk, chunk[:1]]) if len(chunk) == 1 else chunk
-        out.append(vae.encode(padded).latent_dist.mean[:len(chunk)])
+        out.append(latents_of(padded)[:len(chunk)])
     return torch.cat(out)
 
 
@@ -383,20 +390,21 @@ def fold_latent_statistics(vae: AutoencoderKLWan, samples: torch.Tensor):
 
 
 @torch.no_grad()
-def encoded_moves(vae: AutoencoderKLWan, pictures: torch.Tensor, latent_frames: int) -> torch.Tensor:
+def encoded_moves(vae: AutoencoderKLWan, pictures: torch.Tensor, latent_frames: int, latents_of=None) -> torch.Tensor:
     """[N, 3, SOURCE_H, SOURCE_W] in 0..1 -> raw latents [N, len(MOTIONS), 16, latent_frames, FRAME_H/8, FRAME_W/8]:
     every camera move, latent frame t the encoding, alone, of the frame the camera sees at latent_frame_time(t);
     frame 0 is the first frame's (the conditioning picture's) encoding and "still" repeats it. Shorter clips are
     prefixes. Why single frames: moves made by resampling one latent of the whole picture decode in steps of one
     latent pixel (8 px every 20 frames at the demo's pan speed), as the VAE places content on a coarse grid; these
-    decode in 4 px steps (bench/bench_mini_vae_motion.py)."""
+    decode in 4 px steps (bench/bench_mini_vae_motion.py). latents_of: as encode() takes it."""
     times = [data.latent_frame_time(t) for t in range(1, latent_frames)]
     moving = [m for m in data.MOTIONS if m != "still"]
-    first = encode(vae, first_frames(pictures)[:, :, None], batch=8)  # [N, 16, 1, h, w]
+    first = encode(vae, first_frames(pictures)[:, :, None], batch=8, latents_of=latents_of)  # [N, 16, 1, h, w]
     moves = first[:, None].repeat(1, len(data.MOTIONS), 1, latent_frames, 1, 1)
     for n, picture in enumerate(pictures):
         frames = torch.cat([data.camera_frames_at(picture, m, times) for m in moving], dim=1)  # [3, 4 (T-1), H, W]
-        latents = encode(vae, frames.transpose(0, 1)[:, :, None], batch=16)[:, :, 0]  # [4 (T-1), 16, h, w]
+        clips = frames.transpose(0, 1)[:, :, None]  # [4 (T-1), 3, 1, H, W]
+        latents = encode(vae, clips, batch=16, latents_of=latents_of)[:, :, 0]  # [4 (T-1), 16, h, w]
         for motion, move in zip(moving, latents.split(latent_frames - 1)):  # move [T-1, 16, h, w]
             moves[n, data.MOTIONS.index(motion), :, 1:] = move.transpose(0, 1)
     return moves
@@ -794,7 +802,8 @@ def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"], reuse_vae=None, c
         fold_latent_statistics(vae, encode(vae, pictures[:, :, None], batch=8))
     else:
         record["vae_reused_from"] = str(earlier)
-    raw_moves = encoded_moves(vae, pictures, longest)  # the encoder is final from here on
+    latents_of = compiled(latent_means(vae), plan)  # the encoder is final from here on
+    raw_moves = encoded_moves(vae, pictures, longest, latents_of)
     if earlier is None:
         record["decoder_losses"] = train_decoder(vae, pictures, raw_moves, plan, seed, lr=plan.lr_decoder)[-50:]
         save_vae(work, vae)
@@ -838,7 +847,7 @@ def train_mini(out, seed: int = 0, plan: Plan = PLANS["full"], reuse_vae=None, c
     count = min(plan.lora_pictures, len(pictures))
     graded = data.sepia(pictures[:count].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     # the graded moves as targets, conditioned on the ungraded first frame: the LoRA learns the grade
-    sepia_moves = _normalise_moves(models, encoded_moves(vae, graded, longest))
+    sepia_moves = _normalise_moves(models, encoded_moves(vae, graded, longest, latents_of))
     subset = PictureSet(sepia_moves, picture_set.condition[:count], picture_set.image_tokens[:count])
     wrapped = add_lora(model, plan.lora_rank, seed + 4)
     parameters = [p for lora in wrapped.values() for p in (lora.down, lora.up)]
