@@ -36,8 +36,10 @@ def vae_steps(plan):
     torch.manual_seed(0)
     vae = AutoencoderKLWan(base_dim=plan.vae_base_dim, z_dim=16)
 
+    encode, decode = train_mini.latent_means(vae), train_mini.decoded_frames(vae)
+
     def reconstruction(clip):
-        return (vae.decode(vae.encode(clip).latent_dist.mean).sample - clip).abs().mean()
+        return (decode(encode(clip)) - clip).abs().mean()
 
     fused = train_mini.compiled(reconstruction, plan)
     steps = {}

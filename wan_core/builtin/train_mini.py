@@ -309,7 +309,7 @@ def train_vae(vae: AutoencoderKLWan, pictures: torch.Tensor, plan: Plan, seed: i
     balance_signal_gains(vae, first_frames(pictures[:8])[:, :, None] * 2 - 1)
     code_of = PatchCode(pictures)
     encode_mean = compiled(latent_means(vae), plan)
-    decode = compiled(lambda latents: vae.decode(latents).sample, plan)
+    decode = compiled(decoded_frames(vae), plan)
     optimiser = torch.optim.AdamW(vae.parameters(), lr=plan.lr_vae, weight_decay=0.0)
     losses = []
     vae.train()
@@ -352,6 +352,11 @@ def _cosine(peak: float, step: int, total: int, warmup: int = 20) -> float:
 def latent_means(vae: AutoencoderKLWan):
     """The VAE's encoder as a function: clips [B, 3, T, H, W] in -1..1 -> raw latent means [B, 16, T_lat, ...]."""
     return lambda clips: vae.encode(clips).latent_dist.mean
+
+
+def decoded_frames(vae: AutoencoderKLWan):
+    """The VAE's decoder as a function: raw latents [B, 16, T_lat, h, w] -> clips [B, 3, T, 8h, 8w] in about -1..1."""
+    return lambda latents: vae.decode(latents).sample
 
 
 @torch.no_grad()
@@ -459,7 +464,7 @@ def train_decoder(vae: AutoencoderKLWan, pictures: torch.Tensor, raw_moves: torc
     for parameter in parameters:
         parameter.requires_grad_(True)
     optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
-    decode = compiled(lambda latents: vae.decode(latents).sample, plan)
+    decode = compiled(decoded_frames(vae), plan)
     losses = []
     vae.train()
     for step in range(plan.decoder_steps):
